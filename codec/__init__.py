@@ -1,0 +1,42 @@
+"""NVC codec: lossless neural compression of integer medical volumes.
+
+A plain library: it imports nothing of the service (FastAPI, Celery, Redis).
+
+Public API::
+
+    data = codec.encode(volume, spacing=None, metadata=b"", profile="default")
+    volume = codec.decode(data, slices=None)
+    codec.info(data) -> dict
+    codec.compress_file(src, dst, profile=...)   # .nii/.nii.gz/.npy -> .nvc
+    codec.decompress_file(src, dst)              # .nvc -> .nii/.nii.gz/.npy
+
+Arrays use NIfTI axis order: the last axis of a 3-D volume is the slice axis
+(4-D: (x, y, z, t)); `slices` in `decode` counts along that axis.
+"""
+
+from codec.errors import CodecError, FormatError, IntegrityError, UnsupportedInputError
+
+__all__ = [
+    "CodecError",
+    "FormatError",
+    "IntegrityError",
+    "UnsupportedInputError",
+    "encode",
+    "decode",
+    "info",
+    "compress_file",
+    "decompress_file",
+]
+
+
+def __getattr__(name: str):
+    # Lazy: `import codec` stays cheap; torch is imported on first use of the API.
+    if name in ("encode", "decode", "info"):
+        from codec import api
+
+        return getattr(api, name)
+    if name in ("compress_file", "decompress_file", "read_volume", "write_volume"):
+        from codec import files
+
+        return getattr(files, name)
+    raise AttributeError(f"module 'codec' has no attribute {name!r}")

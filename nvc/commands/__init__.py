@@ -1,0 +1,1 @@
+"""Subcommands of the `nvc` CLI, one module per concern."""
