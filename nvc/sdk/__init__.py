@@ -1,0 +1,54 @@
+"""The NVC Python SDK: a thin, typed, retrying HTTP client for the NVC service.
+
+Install with ``pip install "nvc[client]"`` (httpx and pydantic only). Importing this package
+imports neither torch, numpy, the codec nor the server stack; verification of results
+decodes locally only when the ``codec`` extra happens to be installed.
+
+    from nvc.sdk import Client
+    with Client("http://127.0.0.1:8000") as nvc:
+        job = nvc.wait(nvc.compress("scan.nii.gz"), timeout=600)
+        nvc.download(job, "scan.nvc")
+
+``AsyncClient`` offers the same methods as coroutines (``compress_many`` is an async iterator).
+"""
+
+from nvc.sdk.async_client import AsyncClient
+from nvc.sdk.client import Client
+from nvc.sdk.errors import (
+    APIError,
+    AuthenticationError,
+    JobCancelledError,
+    JobFailedError,
+    NotFoundError,
+    NVCConnectionError,
+    NVCError,
+    RateLimitError,
+    ServiceUnavailableError,
+    VerificationError,
+    WaitTimeoutError,
+)
+from nvc.sdk.models import BatchResult, Job, JobState, Problem, ProgressEvent
+from nvc.sdk.retry import NO_RETRY, RetryPolicy
+
+__all__ = [
+    "APIError",
+    "AsyncClient",
+    "AuthenticationError",
+    "BatchResult",
+    "Client",
+    "Job",
+    "JobCancelledError",
+    "JobFailedError",
+    "JobState",
+    "NO_RETRY",
+    "NVCConnectionError",
+    "NVCError",
+    "NotFoundError",
+    "Problem",
+    "ProgressEvent",
+    "RateLimitError",
+    "RetryPolicy",
+    "ServiceUnavailableError",
+    "VerificationError",
+    "WaitTimeoutError",
+]

@@ -1,0 +1,129 @@
+"""Typed results: pydantic models mirroring the service's OpenAPI schema.
+
+Models accept fields they do not know (``extra="allow"``) so that a newer server does not
+break an older client; the fields listed here are the ones the SDK relies on.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobState(str, Enum):
+    """Life cycle of a job: queued -> running -> succeeded | failed | cancelled."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job will not change any more."""
+        return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
+
+
+class Job(BaseModel):
+    """A compression or decompression job as ``GET /jobs/{id}`` reports it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    state: JobState
+    progress: float = Field(0.0, ge=0.0, le=1.0)
+    kind: str | None = None
+    profile: str | None = None
+    output_format: str | None = None
+    filename: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    input_size: int | None = None
+    output_size: int | None = None
+    input_sha256: str | None = None
+    output_sha256: str | None = None
+    bits_per_voxel: float | None = None
+    ratio: float | None = None
+    voxels: int | None = None
+    worker: str | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state.terminal
+
+    @property
+    def size_ratio(self) -> float | None:
+        """The server's ratio, else input/output size when both are known."""
+        if self.ratio is not None:
+            return self.ratio
+        if self.input_size and self.output_size:
+            return self.input_size / self.output_size
+        return None
+
+
+class Problem(BaseModel):
+    """An RFC 9457 ``application/problem+json`` error document."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str | None = None
+    status: int | None = None
+    detail: str | None = None
+    instance: str | None = None
+
+
+Stage = Literal["hash", "upload", "queued", "running", "download", "verify", "done", "failed"]
+
+
+class ProgressEvent(BaseModel):
+    """One step of one file in a batch, for progress bars.
+
+    ``fraction`` is the progress of the current stage (0..1) when known; ``done``/``total`` are
+    bytes for upload and download.
+    """
+
+    source: str
+    stage: Stage
+    fraction: float | None = None
+    done: int | None = None
+    total: int | None = None
+    job: Job | None = None
+    message: str | None = None
+
+
+class BatchResult(BaseModel):
+    """The outcome of one file of ``compress_many``/``decompress_many``.
+
+    Failures are results too (``ok=False`` with ``error``), so one bad file does not stop a batch.
+    """
+
+    source: Path
+    output: Path | None = None
+    ok: bool
+    job: Job | None = None
+    error: str | None = None
+    input_bytes: int = 0
+    output_bytes: int = 0
+    output_sha256: str | None = None
+    verified: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ratio(self) -> float | None:
+        if self.input_bytes and self.output_bytes:
+            return self.input_bytes / self.output_bytes
+        return None
+
+    def bits_per_voxel(self) -> float | None:
+        return self.job.bits_per_voxel if self.job is not None else None
+
+    def summary_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,139 @@
+"""Checking downloaded results.
+
+A compressed result is proven by decoding it locally and comparing every voxel with the
+source volume when the ``codec`` package (torch, numpy) is installed; otherwise by the SHA-256
+the job recorded for its output, which proves the bytes arrived intact. Heavy imports happen
+only inside these functions, so ``import nvc.sdk`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Literal
+
+from nvc.sdk.errors import VerificationError
+from nvc.sdk.models import Job
+
+VerifyMode = Literal["auto", "decode", "sha256", "none"]
+VERIFY_MODES: tuple[str, ...] = ("auto", "decode", "sha256", "none")
+
+_codec_cache: list[Any] = []
+
+
+def local_codec() -> Any | None:
+    """The ``codec`` module when it and its engine (torch, numpy) import, else None."""
+    if _codec_cache:
+        return _codec_cache[0]
+    try:
+        module = importlib.import_module("codec")
+        module.decode  # noqa: B018 - the lazy attribute imports the engine
+    except Exception:  # ImportError, or an engine that is not there yet
+        module = None
+    _codec_cache.append(module)
+    return module
+
+
+def _read_volume(path: Path) -> Any:
+    """Voxels of a .nii/.nii.gz/.npy file, stored values (no scaling), NIfTI axis order."""
+    import numpy as np
+
+    name = path.name.lower()
+    if name.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    codec = local_codec()
+    reader = getattr(codec, "read_volume", None) if codec is not None else None
+    if reader is not None:
+        try:
+            volume = reader(path)
+        except Exception:
+            volume = None
+        if volume is not None:
+            return volume[0] if isinstance(volume, tuple) else getattr(volume, "array", volume)
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    return np.asanyarray(image.dataobj.get_unscaled() if hasattr(image.dataobj, "get_unscaled") else image.dataobj)
+
+
+def _compare(decoded: Any, reference: Any, what: str) -> None:
+    import numpy as np
+
+    decoded = np.asarray(decoded)
+    reference = np.asarray(reference)
+    if decoded.shape != reference.shape:
+        raise VerificationError(f"{what}: shape {decoded.shape} differs from the source's {reference.shape}")
+    if not np.array_equal(decoded, reference):
+        bad = int(np.count_nonzero(decoded != reference))
+        raise VerificationError(f"{what}: {bad} voxels differ from the source")
+
+
+def _check_sha(job: Job, sha256: str | None, what: str) -> bool:
+    recorded = job.output_sha256
+    if not recorded or not sha256:
+        return False
+    if recorded.lower() != sha256.lower():
+        raise VerificationError(f"{what}: SHA-256 {sha256[:12]}... differs from the job's {recorded[:12]}...")
+    return True
+
+
+def _decoder(mode: str) -> Any | None:
+    if mode not in ("auto", "decode"):
+        return None
+    codec = local_codec()
+    if codec is None and mode == "decode":
+        raise VerificationError("--verify decode needs the codec installed (pip install 'nvc[codec]')")
+    return codec
+
+
+def verify_compressed(job: Job, nvc_path: Path, *, sha256: str | None, source: Path | None, mode: str = "auto") -> str:
+    """Check a downloaded ``.nvc``; returns how it was checked ("sha256", "decoded", ...)."""
+    if mode == "none":
+        return "none"
+    what = nvc_path.name
+    checks = []
+    if _check_sha(job, sha256, what):
+        checks.append("sha256")
+    codec = _decoder(mode)
+    if codec is not None:
+        try:
+            decoded = codec.decode(nvc_path.read_bytes())
+        except Exception as exc:  # CodecError and friends
+            raise VerificationError(f"{what} does not decode: {exc}") from exc
+        if source is not None and source.name.lower().endswith((".nii", ".nii.gz", ".npy")):
+            _compare(decoded, _read_volume(source), what)
+            checks.append("decoded=source")
+        else:
+            checks.append("decoded")
+    if not checks:
+        raise VerificationError(
+            f"{what}: cannot verify (the job recorded no SHA-256 and the codec is not installed)"
+        )
+    return "+".join(checks)
+
+
+def verify_decompressed(
+    job: Job, out_path: Path, *, sha256: str | None, source: Path | None, mode: str = "auto"
+) -> str:
+    """Check a downloaded volume: SHA-256, and (with the codec) voxels equal to decoding the ``.nvc`` locally."""
+    if mode == "none":
+        return "none"
+    what = out_path.name
+    checks = []
+    if _check_sha(job, sha256, what):
+        checks.append("sha256")
+    codec = _decoder(mode)
+    if codec is not None and source is not None:
+        try:
+            reference = codec.decode(source.read_bytes())
+        except Exception as exc:
+            raise VerificationError(f"{source.name} does not decode locally: {exc}") from exc
+        try:
+            volume = _read_volume(out_path)
+        except Exception as exc:
+            raise VerificationError(f"{what} is not a readable volume: {exc}") from exc
+        _compare(volume, reference, what)
+        checks.append("decoded=result")
+    if not checks:
+        raise VerificationError(f"{what}: cannot verify (the job recorded no SHA-256 and the codec is not installed)")
+    return "+".join(checks)
