@@ -1,0 +1,38 @@
+"""Coding profiles: which network, slab depth and per-volume fitting effort to use.
+
+A profile is chosen at encode time; the decoder needs nothing of it but the model blob
+(shipped-model id or embedded weights) stored in the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    widths: tuple[int, ...]  # hidden layer widths of the MLP
+    slab_depth: int  # slices per independently decodable slab
+    fit_steps_per_mvoxel: float  # per-volume fine-tuning effort (Adam steps per million voxels)
+    fit_min_steps: int
+    fit_max_steps: int
+    fit_batch: int = 4096
+    fit_samples: int = 262_144  # voxels sampled from the volume for fitting
+
+
+PROFILES: dict[str, Profile] = {
+    # CPU default: the speed target is 2 MB/s of raw voxels on 2 cores.
+    "default": Profile("default", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=40.0, fit_min_steps=60, fit_max_steps=1200),
+    # GPU workers: same network, more fitting (the GPU makes it cheap).
+    "gpu": Profile("gpu", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=400.0, fit_min_steps=600, fit_max_steps=6000),
+}
+
+
+def get_profile(name: str) -> Profile:
+    from codec.errors import UnsupportedInputError
+
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UnsupportedInputError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None

@@ -1,0 +1,125 @@
+"""Train the shipped models (`nvc train`) and measure how they generalise (leave-one-out).
+
+Reproducible: fixed seeds, a fixed sample of voxels from each volume, single-threaded
+determinism is not required because the *shipped* artefact is the quantised network
+(its hash names it), not the training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codec import registry
+from codec.entropy import CodingTables, build_tables, save_tables
+from codec.fit import Samples, fit, mean_bits, sample_volume
+from codec.network import FloatMLP, quantize
+from codec.profiles import get_profile
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load_nifti_zyx(path: Path) -> tuple[np.ndarray, int, int]:
+    """A NIfTI volume as int32 (slices, rows, columns) plus its value range."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj.get_unscaled())
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim == 4:
+        data = data[..., 0]
+    vol = np.ascontiguousarray(data.transpose(2, 1, 0)).astype(np.int32)
+    return vol, int(vol.min()), int(vol.max())
+
+
+def volume_files(data_dir: Path) -> list[Path]:
+    return sorted(p for p in data_dir.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+
+
+def collect_samples(files: list[Path], slab_depth: int, per_volume: int, seed: int) -> Samples:
+    parts = []
+    for i, path in enumerate(files):
+        vol, vmin, vmax = load_nifti_zyx(path)
+        rng = np.random.default_rng(seed + i)
+        parts.append(sample_volume(vol, vmin, vmax, slab_depth, per_volume, rng))
+    return Samples.concat(parts)
+
+
+def train_model(
+    profile_name: str, files: list[Path], *, steps: int, per_volume: int, seed: int, log=print
+) -> tuple[FloatMLP, Samples]:
+    profile = get_profile(profile_name)
+    torch.manual_seed(seed)
+    samples = collect_samples(files, profile.slab_depth, per_volume, seed)
+    model = FloatMLP(profile.widths)
+    t0 = time.perf_counter()
+    fit(model, samples, steps, batch=8192, lr=3e-3, seed=seed)
+    log(f"trained {profile_name} on {len(files)} volumes, {len(samples)} samples, {steps} steps "
+        f"in {time.perf_counter() - t0:.1f}s: {mean_bits(model, samples):.3f} bits/voxel (train sample)")
+    return model, samples
+
+
+def ensure_tables(directory: Path) -> tuple[CodingTables, str]:
+    freqs = build_tables()
+    existing = sorted(directory.glob("tables-*.npz"))
+    for path in existing:
+        tables = CodingTables.load(path)
+        if np.array_equal(tables.freqs, freqs):
+            return tables, path.name
+    path = save_tables(freqs, directory)
+    return CodingTables.load(path), path.name
+
+
+def train_and_ship(profile_name: str, data_dir: Path, *, steps: int, per_volume: int, seed: int, log=print) -> str:
+    files = volume_files(data_dir)
+    if not files:
+        raise SystemExit(f"no .nii/.nii.gz volumes in {data_dir}")
+    directory = registry.MODELS_DIR
+    tables, tables_file = ensure_tables(directory)
+    model, samples = train_model(profile_name, files, steps=steps, per_volume=per_volume, seed=seed, log=log)
+    calib = samples.inputs[torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:65536]]
+    net = quantize(model, calib.numpy())
+    meta = {
+        "trained_on": [p.name for p in files],
+        "steps": steps,
+        "samples_per_volume": per_volume,
+        "seed": seed,
+        "torch": torch.__version__,
+    }
+    model_id = registry.save_model(directory, profile_name, net, model, tables, tables_file, meta)
+    man = registry.manifest(directory)
+    man.setdefault("profiles", {})[profile_name] = model_id
+    (directory / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
+    registry.load_model.cache_clear()
+    log(f"shipped {model_id} ({net.n_params} parameters, {len(net.to_bytes())} bytes)")
+    return model_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nvc train", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of training volumes (.nii.gz)")
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--samples-per-volume", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=20201025)
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    train_and_ship(args.profile, args.data, steps=args.steps, per_volume=args.samples_per_volume, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
