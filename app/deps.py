@@ -1,0 +1,28 @@
+"""Per-process service handles (settings, Redis, job store, storage, Celery), built at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from app.jobs import AsyncJobStore
+from app.settings import Settings
+from app.storage import Storage
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Any  # redis.asyncio.Redis
+    jobs: AsyncJobStore
+    storage: Storage
+    celery: Any  # celery.Celery (publishing only)
+
+
+def get_services(request: Request) -> Services:
+    services = getattr(request.app.state, "services", None)
+    if services is None:  # lifespan did not run: a programming error, not a client one
+        raise RuntimeError("service handles are not initialised (lifespan not run)")
+    return services

@@ -1,0 +1,288 @@
+"""Job records in Redis: one hash per job, state changes as atomic compare-and-set.
+
+Why Lua scripts: the API (cancel), a worker (start, progress, finish) and a redelivered copy
+of the same Celery message can all touch one job at once. Each state change is one script
+that checks the current state, writes the new fields, moves the per-state counters used by
+/metrics, refreshes the TTL and publishes an event, all atomically; whoever loses the race
+sees the state that won and backs off.
+
+The same record format is used from sync code (workers: `JobStore`) and async code (the
+API: `AsyncJobStore`); the key layout and (de)serialisation live in module functions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE_STATES = ("queued", "running")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+KINDS = ("compress", "decompress")
+
+#: Field name -> type, for every field a job record may hold.
+FIELDS: dict[str, type] = {
+    "id": str,
+    "kind": str,
+    "state": str,
+    "owner": str,
+    "progress": float,
+    "profile": str,
+    "output_format": str,
+    "input_name": str,
+    "input_format": str,
+    "input_key": str,
+    "input_size": int,
+    "input_sha256": str,
+    "output_key": str,
+    "output_name": str,
+    "output_size": int,
+    "output_sha256": str,
+    "voxel_sha256": str,
+    "bits_per_voxel": float,
+    "shape": list,
+    "dtype": str,
+    "created_at": float,
+    "started_at": float,
+    "finished_at": float,
+    "expires_at": float,
+    "worker": str,
+    "device": str,
+    "error": str,
+    "attempts": int,
+    "codec_seconds": float,
+    "verify_seconds": float,
+    "queue": str,
+    "idempotency_key": str,
+    "result_deleted": bool,
+}
+
+#: Duration histograms kept in Redis (seconds); buckets suit tiny to multi-GB jobs.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, ''} end
+local n = tonumber(ARGV[4])
+local ok = false
+for i = 1, n do if ARGV[4 + i] == cur then ok = true end end
+if not ok then return {0, cur} end
+local fields = {'state', ARGV[1], 'expires_at', ARGV[5 + n]}
+for i = 6 + n, #ARGV do table.insert(fields, ARGV[i]) end
+redis.call('HSET', KEYS[1], unpack(fields))
+if cur ~= ARGV[1] then
+  local kind = redis.call('HGET', KEYS[1], 'kind')
+  redis.call('HINCRBY', KEYS[2], 'current:' .. cur, -1)
+  redis.call('HINCRBY', KEYS[2], 'current:' .. ARGV[1], 1)
+  redis.call('HINCRBY', KEYS[2], 'total:' .. kind .. ':' .. ARGV[1], 1)
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+return {1, cur}
+"""
+
+_PROGRESS = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if cur == 'running' then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) end
+return cur or ''
+"""
+
+
+class Keys:
+    """Redis key names under one prefix."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}events:{job_id}"
+
+    def idempotency(self, owner: str, key_digest: str) -> str:
+        return f"{self.prefix}idem:{owner}:{key_digest}"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}stats"
+
+    @property
+    def hist(self) -> str:
+        return f"{self.prefix}hist"
+
+
+def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
+    """Python values -> Redis hash strings (None values are dropped by callers)."""
+    out = {}
+    for name, value in fields.items():
+        if name not in FIELDS:
+            raise KeyError(f"unknown job field {name!r}")
+        if value is None:
+            continue
+        if FIELDS[name] is list:
+            out[name] = json.dumps(list(value))
+        elif FIELDS[name] is bool:
+            out[name] = "1" if value else "0"
+        else:
+            out[name] = str(value)
+    return out
+
+
+def decode_record(raw: dict[str, str]) -> dict[str, Any] | None:
+    """Redis hash -> typed dict (None when the job does not exist)."""
+    if not raw or "state" not in raw:
+        return None
+    record: dict[str, Any] = {}
+    for name, value in raw.items():
+        kind = FIELDS.get(name)
+        if kind is None:
+            continue
+        if kind is list:
+            record[name] = json.loads(value)
+        elif kind is bool:
+            record[name] = value == "1"
+        else:
+            record[name] = kind(value)
+    return record
+
+
+def _transition_args(
+    keys: Keys, job_id: str, new_state: str, allowed: Iterable[str], ttl: int, fields: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    if new_state not in STATES:
+        raise ValueError(new_state)
+    allowed = list(allowed)
+    flat: list[str] = []
+    for name, value in encode_fields(fields).items():
+        flat += [name, value]
+    args = [new_state, str(ttl), keys.events(job_id), str(len(allowed)), *allowed, str(time.time() + ttl), *flat]
+    return [keys.job(job_id), keys.stats], args
+
+
+def _hist_commands(name: str, labels: str, value: float) -> list[tuple[str, str, float]]:
+    """(op, field, amount) triples that record one observation of a histogram."""
+    ops = [("HINCRBY", f"{name}|{labels}|le|{b}", 1) for b in DURATION_BUCKETS if value <= b]
+    ops += [("HINCRBY", f"{name}|{labels}|le|+Inf", 1), ("HINCRBY", f"{name}|{labels}|count", 1)]
+    ops.append(("HINCRBYFLOAT", f"{name}|{labels}|sum", value))
+    return ops
+
+
+def new_record(
+    job_id: str, kind: str, owner: str, ttl: int, **fields: Any
+) -> dict[str, Any]:
+    now = time.time()
+    record = {
+        "id": job_id,
+        "kind": kind,
+        "state": "queued",
+        "owner": owner,
+        "progress": 0.0,
+        "created_at": now,
+        "expires_at": now + ttl,
+        "attempts": 0,
+    }
+    record.update({k: v for k, v in fields.items() if v is not None})
+    return record
+
+
+class JobStore:
+    """Job records from sync code (Celery workers)."""
+
+    def __init__(self, redis_client, prefix: str, ttl: int):
+        self.r = redis_client
+        self.keys = Keys(prefix)
+        self.ttl = ttl
+        self._transition = self.r.register_script(_TRANSITION)
+        self._progress = self.r.register_script(_PROGRESS)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        return decode_record(self.r.hgetall(self.keys.job(job_id)))
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.keys.job(job_id)))
+
+    def create(self, record: dict[str, Any]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.job(record["id"]), mapping=encode_fields(record))
+        pipe.expire(self.keys.job(record["id"]), self.ttl)
+        pipe.hincrby(self.keys.stats, "current:queued", 1)
+        pipe.hincrby(self.keys.stats, f"total:{record['kind']}:queued", 1)
+        pipe.execute()
+
+    def transition(self, job_id: str, new_state: str, allowed: Iterable[str], **fields: Any) -> tuple[bool, str]:
+        """Set `new_state` (+fields) if the current state is in `allowed`; (done, previous state)."""
+        keys, args = _transition_args(self.keys, job_id, new_state, allowed, self.ttl, fields)
+        done, previous = self._transition(keys=keys, args=args)
+        return bool(done), previous if isinstance(previous, str) else previous.decode()
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        """Write fields without a state change (only on an existing record)."""
+        mapping = encode_fields(fields)
+        if mapping and self.exists(job_id):
+            self.r.hset(self.keys.job(job_id), mapping=mapping)
+
+    def set_progress(self, job_id: str, progress: float) -> str:
+        """Write progress if the job is running; return the current state (cancel check)."""
+        state = self._progress(keys=[self.keys.job(job_id)], args=[f"{progress:.4f}"])
+        return state if isinstance(state, str) else state.decode()
+
+    def count_bytes(self, direction: str, kind: str, amount: int) -> None:
+        self.r.hincrby(self.keys.stats, f"bytes_{direction}:{kind}", int(amount))
+
+    def observe(self, name: str, labels: str, value: float) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for op, field, amount in _hist_commands(name, labels, value):
+            getattr(pipe, op.lower())(self.keys.hist, field, amount)
+        pipe.execute()
+
+
+class AsyncJobStore:
+    """Job records from async code (the API)."""
+
+    def __init__(self, redis_client, prefix: str, ttl: int):
+        self.r = redis_client
+        self.keys = Keys(prefix)
+        self.ttl = ttl
+        self._transition = self.r.register_script(_TRANSITION)
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        return decode_record(await self.r.hgetall(self.keys.job(job_id)))
+
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self.r.exists(self.keys.job(job_id)))
+
+    async def create(self, record: dict[str, Any]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.job(record["id"]), mapping=encode_fields(record))
+        pipe.expire(self.keys.job(record["id"]), self.ttl)
+        pipe.hincrby(self.keys.stats, "current:queued", 1)
+        pipe.hincrby(self.keys.stats, f"total:{record['kind']}:queued", 1)
+        await pipe.execute()
+
+    async def transition(
+        self, job_id: str, new_state: str, allowed: Iterable[str], **fields: Any
+    ) -> tuple[bool, str]:
+        keys, args = _transition_args(self.keys, job_id, new_state, allowed, self.ttl, fields)
+        done, previous = await self._transition(keys=keys, args=args)
+        return bool(done), previous if isinstance(previous, str) else previous.decode()
+
+    async def update(self, job_id: str, **fields: Any) -> None:
+        mapping = encode_fields(fields)
+        if mapping and await self.exists(job_id):
+            await self.r.hset(self.keys.job(job_id), mapping=mapping)
+
+    async def delete(self, job_id: str) -> None:
+        await self.r.delete(self.keys.job(job_id))
+
+    async def count_bytes(self, direction: str, kind: str, amount: int) -> None:
+        await self.r.hincrby(self.keys.stats, f"bytes_{direction}:{kind}", int(amount))
+
+    async def stats(self) -> tuple[dict[str, str], dict[str, str]]:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.stats)
+        pipe.hgetall(self.keys.hist)
+        stats, hist = await pipe.execute()
+        return stats, hist

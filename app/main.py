@@ -1,0 +1,141 @@
+"""The FastAPI application: `uvicorn app.main:create_app --factory` (or `nvc api`).
+
+`create_app` builds nothing that talks to the network: Redis, storage and the Celery
+publisher are opened in the lifespan, so the OpenAPI document can be generated offline.
+The web page (app/static/, maintained with the SDK) is mounted when present: its files under
+/static and its index.html at `/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+import nvc
+from app import problems
+from app.deps import Services
+from app.jobs import AsyncJobStore
+from app.metrics import HttpMetrics, MetricsMiddleware
+from app.routes import health, jobs
+from app.settings import Settings, get_settings
+from app.storage import make_storage, sweep_orphans
+
+STATIC_DIR = Path(__file__).parent / "static"
+log = logging.getLogger("nvc.api")
+
+DESCRIPTION = """Lossless compression of 3-D medical volumes as asynchronous jobs.
+
+Submit with `POST /compress` (NIfTI or .npy) or `POST /decompress` (.nvc), as multipart
+field `file` or as the raw body; poll `GET /jobs/{id}` (optionally long-polling with
+`?wait=`), then download `GET /jobs/{id}/result`. Errors are RFC 9457 problem details."""
+
+
+async def _sweeper(services: Services) -> None:
+    """Delete stored objects whose job record expired, every ORPHAN_SWEEP_SECONDS."""
+    interval = services.settings.orphan_sweep_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            ids = await anyio.to_thread.run_sync(
+                lambda: sweep_orphans(services.storage, lambda job_id: anyio.from_thread.run(services.jobs.exists, job_id))
+            )
+            if ids:
+                log.info("swept objects of %d expired jobs", len(ids))
+        except Exception:
+            log.exception("orphan sweep failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        import redis.asyncio as aioredis
+
+        from worker.celery_app import make_celery
+
+        if not settings.redis_url:
+            raise RuntimeError("NVC_REDIS_URL is not set (use `nvc serve` to run with an embedded Redis)")
+        client = aioredis.Redis.from_url(
+            settings.redis_url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+        )
+        services = Services(
+            settings=settings,
+            redis=client,
+            jobs=AsyncJobStore(client, settings.key_prefix, settings.job_ttl_seconds),
+            storage=make_storage(settings),
+            celery=make_celery(settings),
+        )
+        app.state.services = services
+        sweeper = asyncio.create_task(_sweeper(services)) if settings.orphan_sweep_seconds > 0 else None
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+            await client.aclose()
+
+    app = FastAPI(
+        title="NVC",
+        version=nvc.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.http_metrics = HttpMetrics()
+    problems.install(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=["Location", "Idempotent-Replayed", "Content-Disposition", "ETag"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.http_metrics)
+    mount_static(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema, with error responses declared as application/problem+json."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        problem = {problems.PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}
+        for path in schema["paths"].values():
+            for operation in path.values():
+                for code, response in operation.get("responses", {}).items():
+                    ref = response.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
+                    if code[0] in "45" and ref.endswith(("/ProblemDetails", "/HTTPValidationError")):
+                        response["content"] = dict(problem)
+        components = schema.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def mount_static(app: FastAPI, directory: Path = STATIC_DIR) -> None:
+    """Serve the web page when app/static/index.html exists (not part of the API schema)."""
+    index = directory / "index.html"
+    if not index.is_file():
+        return
+    app.mount("/static", StaticFiles(directory=directory), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def _index() -> FileResponse:
+        return FileResponse(index, media_type="text/html")

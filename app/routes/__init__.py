@@ -1,0 +1,1 @@
+"""HTTP routes of the NVC API, one module per concern."""

@@ -1,0 +1,349 @@
+"""Job routes: submit (compress / decompress), status, result, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+import uuid
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+
+from app.auth import current_owner
+from app.deps import Services, get_services
+from app.jobs import ACTIVE_STATES, TERMINAL_STATES, new_record
+from app.problems import PROBLEM_MEDIA_TYPE, Problem
+from app.schemas import Job, OutputFormat, ProblemDetails, job_from_record
+from app.storage import ObjectNotFound, job_prefix
+from app.uploads import receive_upload, sniff_volume, stem_of
+from worker.celery_app import TASK_COMPRESS, TASK_DECOMPRESS
+
+router = APIRouter(tags=["jobs"])
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+PROFILE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_WAIT_SECONDS = 60.0
+
+Owner = Annotated[str, Depends(current_owner)]
+Svc = Annotated[Services, Depends(get_services)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Retrying a submission with the same key returns the same job instead of a new one.",
+    ),
+]
+
+
+def _problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ProblemDetails, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in codes}
+
+
+def _upload_body(extra_fields: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI request body for routes that stream their upload themselves."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}, **extra_fields},
+                    }
+                },
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    }
+
+
+SUBMIT_HEADERS = {
+    "Location": {"description": "URL of the job", "schema": {"type": "string"}},
+}
+
+
+def _job_response(response: Response, request: Request, record: dict[str, Any]) -> Job:
+    response.headers["Location"] = str(request.url_for("get_job", job_id=record["id"]))
+    return job_from_record(record)
+
+
+async def _owned_job(services: Services, job_id: str, owner: str) -> dict[str, Any]:
+    record = await services.jobs.get(job_id) if JOB_ID.match(job_id) else None
+    if record is None or record.get("owner") != owner:
+        raise Problem(404, f"no job {job_id!r} (it may have expired)", slug="job-not-found")
+    return record
+
+
+async def _submit(
+    request: Request,
+    response: Response,
+    services: Services,
+    owner: str,
+    kind: str,
+    idempotency_key: str | None,
+    params: dict[str, str | None],
+) -> Job:
+    settings = services.settings
+    job_id = uuid.uuid4().hex
+    idem_redis_key = None
+    if idempotency_key is not None:
+        if not idempotency_key.strip():
+            raise Problem(400, "Idempotency-Key must not be empty", slug="bad-idempotency-key")
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        idem_redis_key = services.jobs.keys.idempotency(owner, digest)
+        claimed = await services.redis.set(idem_redis_key, job_id, nx=True, ex=settings.job_ttl_seconds)
+        if not claimed:
+            existing = await services.redis.get(idem_redis_key)
+            record = await services.jobs.get(existing) if existing else None
+            if record is None:
+                raise Problem(
+                    409, "a request with this Idempotency-Key is still in progress; retry in a moment",
+                    slug="idempotency-in-progress", headers={"Retry-After": "1"},
+                )
+            if record["kind"] != kind:
+                raise Problem(
+                    422, f"this Idempotency-Key was used for a {record['kind']} request, not {kind}",
+                    slug="idempotency-key-reused",
+                )
+            response.headers["Idempotent-Replayed"] = "true"
+            return _job_response(response, request, record)
+
+    input_key = f"{job_prefix(job_id)}input"
+
+    def check_head(head: bytes) -> None:
+        if kind == "compress" and sniff_volume(head) is None:
+            raise Problem(
+                415, "the upload is not a NIfTI (.nii, .nii.gz) or NumPy (.npy) file", slug="unsupported-input"
+            )
+
+    try:
+        upload = await receive_upload(request, services.storage, input_key, settings.max_upload_bytes, check_head)
+        fields = {k: v for k, v in upload.fields.items() if v != ""}
+        merged = {name: params.get(name) or fields.get(name) for name in params}
+        filename = merged.pop("filename", None) or upload.filename
+        if kind == "compress":
+            profile = merged.get("profile") or "default"
+            if not PROFILE.match(profile):
+                raise Problem(422, f"invalid profile name {profile!r}", slug="invalid-request")
+            input_format = sniff_volume(upload.head)
+            output_format = "nvc"
+            extra = {"profile": profile}
+        else:
+            profile = None
+            input_format = "nvc"
+            output_format = merged.get("format") or "nii.gz"
+            if output_format not in ("nii.gz", "nii", "npy"):
+                raise Problem(
+                    422, f"format must be one of nii.gz, nii, npy (got {output_format!r})", slug="invalid-request"
+                )
+            extra = {}
+        record = new_record(
+            job_id,
+            kind,
+            owner,
+            settings.job_ttl_seconds,
+            input_name=filename,
+            input_format=input_format,
+            input_key=input_key,
+            input_size=upload.size,
+            input_sha256=upload.sha256,
+            output_format=output_format,
+            output_name=f"{stem_of(filename)}.{output_format}",
+            queue=settings.resolved_submit_queue,
+            idempotency_key=idempotency_key,
+            **extra,
+        )
+        await services.jobs.create(record)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(services.storage.delete_prefix, job_prefix(job_id))
+            if idem_redis_key is not None and await services.redis.get(idem_redis_key) == job_id:
+                await services.redis.delete(idem_redis_key)
+        raise
+
+    await services.jobs.count_bytes("in", kind, upload.size)
+    task = TASK_COMPRESS if kind == "compress" else TASK_DECOMPRESS
+    try:
+        await anyio.to_thread.run_sync(
+            lambda: services.celery.send_task(task, args=[job_id], queue=record["queue"], task_id=job_id)
+        )
+    except Exception as exc:
+        await services.jobs.transition(
+            job_id, "failed", ACTIVE_STATES, finished_at=time.time(), error=f"could not queue the job: {exc}"
+        )
+        raise Problem(503, "the job queue is not reachable; try again later", slug="queue-unavailable") from exc
+    return _job_response(response, request, record)
+
+
+@router.post(
+    "/compress",
+    status_code=202,
+    response_model=Job,
+    summary="Compress a volume (.nii, .nii.gz or .npy) to .nvc",
+    responses={202: {"headers": SUBMIT_HEADERS}, **_problem_responses(400, 401, 409, 413, 415, 422, 503)},
+    openapi_extra=_upload_body({"profile": {"type": "string"}, "filename": {"type": "string"}}),
+)
+async def compress(
+    request: Request,
+    response: Response,
+    services: Svc,
+    owner: Owner,
+    idempotency_key: IdempotencyKey = None,
+    profile: Annotated[str | None, Query(description="Codec profile (default: `default`).", max_length=64)] = None,
+    filename: Annotated[
+        str | None, Query(description="Name of the uploaded file, for a raw-body upload.", max_length=255)
+    ] = None,
+) -> Job:
+    """Upload a volume as multipart field `file` or as the raw body; answers 202 with the job."""
+    return await _submit(
+        request, response, services, owner, "compress", idempotency_key, {"profile": profile, "filename": filename}
+    )
+
+
+@router.post(
+    "/decompress",
+    status_code=202,
+    response_model=Job,
+    summary="Decompress an .nvc file to NIfTI or .npy",
+    responses={202: {"headers": SUBMIT_HEADERS}, **_problem_responses(400, 401, 409, 413, 422, 503)},
+    openapi_extra=_upload_body(
+        {"format": {"type": "string", "enum": ["nii.gz", "nii", "npy"]}, "filename": {"type": "string"}}
+    ),
+)
+async def decompress(
+    request: Request,
+    response: Response,
+    services: Svc,
+    owner: Owner,
+    idempotency_key: IdempotencyKey = None,
+    format: Annotated[OutputFormat | None, Query(description="Output format (default nii.gz).")] = None,
+    filename: Annotated[
+        str | None, Query(description="Name of the uploaded file, for a raw-body upload.", max_length=255)
+    ] = None,
+) -> Job:
+    """Upload an .nvc file as multipart field `file` or as the raw body; answers 202 with the job."""
+    return await _submit(
+        request, response, services, owner, "decompress", idempotency_key, {"format": format, "filename": filename}
+    )
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=Job,
+    name="get_job",
+    summary="State of a job",
+    responses=_problem_responses(401, 404, 422),
+)
+async def get_job(
+    services: Svc,
+    owner: Owner,
+    job_id: Annotated[str, Path(description="Job id")],
+    wait: Annotated[
+        float,
+        Query(ge=0, le=MAX_WAIT_SECONDS, description="Long-poll: wait up to this many seconds for the job to finish."),
+    ] = 0,
+) -> Job:
+    record = await _owned_job(services, job_id, owner)
+    if wait > 0 and record["state"] in ACTIVE_STATES:
+        record = await _wait_for_end(services, job_id, wait) or record
+    return job_from_record(record)
+
+
+async def _wait_for_end(services: Services, job_id: str, wait: float) -> dict[str, Any] | None:
+    """Wait for a terminal state on the job's event channel (no polling sleeps)."""
+    pubsub = services.redis.pubsub()
+    try:
+        await pubsub.subscribe(services.jobs.keys.events(job_id))
+        deadline = time.monotonic() + wait
+        while True:
+            record = await services.jobs.get(job_id)  # after subscribing: no lost wake-up
+            if record is None or record["state"] in TERMINAL_STATES:
+                return record
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return record
+            try:
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 5.0))
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pubsub.aclose()
+
+
+_MEDIA_TYPES = {"nvc": "application/octet-stream", "nii.gz": "application/gzip", "nii": "application/octet-stream",
+                "npy": "application/octet-stream"}
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    summary="Download the result of a succeeded job",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+              "description": "The result file"},
+        307: {"description": "Redirect to a presigned object-storage URL (S3 backend)"},
+        **_problem_responses(401, 404, 409, 410),
+    },
+)
+async def get_result(
+    services: Svc,
+    owner: Owner,
+    job_id: str,
+    redirect: Annotated[
+        bool, Query(description="With S3 storage, answer 307 to a presigned URL (false: stream through the API).")
+    ] = True,
+):
+    record = await _owned_job(services, job_id, owner)
+    if record.get("result_deleted"):
+        raise Problem(410, "the result of this job was deleted", slug="result-deleted")
+    if record["state"] != "succeeded":
+        headers = {"Retry-After": "1"} if record["state"] in ACTIVE_STATES else None
+        raise Problem(409, f"job {job_id} is {record['state']}; no result to download", slug="no-result",
+                      headers=headers, state=record["state"])
+    key = record["output_key"]
+    filename = record.get("output_name") or f"{job_id}.{record.get('output_format', 'bin')}"
+    media_type = _MEDIA_TYPES.get(record.get("output_format", ""), "application/octet-stream")
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if record.get("output_sha256"):
+        headers["ETag"] = f'"{record["output_sha256"]}"'
+    storage = services.storage
+    try:
+        path = await anyio.to_thread.run_sync(storage.local_path, key)
+        if path is not None:
+            return FileResponse(path, media_type=media_type, headers=headers)
+        if redirect and services.settings.s3_redirect_results:
+            url = await anyio.to_thread.run_sync(storage.presigned_url, key, filename, media_type)
+            if url:
+                return RedirectResponse(url, status_code=307)
+        size = await anyio.to_thread.run_sync(storage.size, key)
+    except ObjectNotFound:
+        raise Problem(410, "the result object is gone from storage", slug="result-deleted") from None
+    headers["Content-Length"] = str(size)
+    return StreamingResponse(storage.iter_chunks(key), media_type=media_type, headers=headers)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=Job,
+    summary="Cancel a queued or running job and delete its objects",
+    responses=_problem_responses(401, 404),
+)
+async def delete_job(services: Svc, owner: Owner, job_id: str) -> Job:
+    """Queued/running jobs become `cancelled`; a finished job keeps its state but its
+    upload and result are deleted (`result_deleted`)."""
+    record = await _owned_job(services, job_id, owner)
+    if record["state"] in ACTIVE_STATES:
+        await services.jobs.transition(job_id, "cancelled", ACTIVE_STATES, finished_at=time.time())
+    await anyio.to_thread.run_sync(services.storage.delete_prefix, job_prefix(job_id))
+    record = await services.jobs.get(job_id) or record
+    if record["state"] in ("succeeded", "failed") and not record.get("result_deleted"):
+        await services.jobs.update(job_id, result_deleted=True)
+        record["result_deleted"] = True
+    return job_from_record(record)

@@ -1,0 +1,75 @@
+"""Response models of the HTTP API (they define openapi/openapi.json)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKind = Literal["compress", "decompress"]
+OutputFormat = Literal["nii.gz", "nii", "npy"]
+
+
+class Job(BaseModel):
+    """A compression or decompression job, as stored in its Redis record."""
+
+    id: str = Field(description="Job id (32 hex digits).")
+    kind: JobKind
+    state: JobState = Field(description="queued -> running -> succeeded | failed; queued/running -> cancelled.")
+    progress: float = Field(ge=0, le=1, description="Fraction done, 0..1 (1 once succeeded).")
+    profile: str | None = Field(default=None, description="Codec profile (compress jobs).")
+    output_format: str | None = Field(default=None, description="Result format: nvc, nii.gz, nii or npy.")
+    input_name: str | None = Field(default=None, description="File name of the upload, when known.")
+    input_format: str | None = Field(default=None, description="Detected upload format: nii.gz, nii, npy or nvc.")
+    input_size: int | None = Field(default=None, description="Upload size in bytes.")
+    input_sha256: str | None = Field(default=None, description="SHA-256 of the uploaded bytes.")
+    output_name: str | None = Field(default=None, description="File name the result downloads as.")
+    output_size: int | None = Field(default=None, description="Result size in bytes (once succeeded).")
+    output_sha256: str | None = Field(default=None, description="SHA-256 of the result bytes (also its ETag).")
+    voxel_sha256: str | None = Field(default=None, description="SHA-256 of the voxels, as the codec reports it.")
+    bits_per_voxel: float | None = Field(default=None, description="Size of the coded voxels in bits per voxel.")
+    shape: list[int] | None = Field(default=None, description="Volume shape (NIfTI axis order).")
+    dtype: str | None = Field(default=None, description="Voxel type, e.g. uint16.")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    expires_at: datetime | None = Field(default=None, description="When the record and its objects are dropped.")
+    worker: str | None = Field(default=None, description="Celery worker that ran the job.")
+    device: str | None = Field(default=None, description="Device the codec ran on (cpu, cuda:0 ...).")
+    attempts: int = Field(default=0, description="Deliveries so far (more than 1 after a lost worker).")
+    codec_seconds: float | None = Field(default=None, description="Time spent in the codec itself.")
+    verify_seconds: float | None = Field(default=None, description="Time spent decoding the result to verify it.")
+    error: str | None = Field(default=None, description="Why the job failed (state failed).")
+    result_deleted: bool = Field(default=False, description="The result was deleted (DELETE on a finished job).")
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+def job_from_record(record: dict[str, Any]) -> Job:
+    data = {k: v for k, v in record.items() if k in Job.model_fields}
+    for name in ("created_at", "started_at", "finished_at", "expires_at"):
+        data[name] = _time(record.get(name))
+    return Job(**data)
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details (media type application/problem+json)."""
+
+    type: str = Field(default="about:blank", description="Problem type URI (urn:nvc:problem:<name>).")
+    title: str
+    status: int
+    detail: str = Field(description="Human-readable explanation of this occurrence.")
+    instance: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unready"]
+    checks: dict[str, str] = Field(description="Each dependency: `ok` or why it is not.")

@@ -1,0 +1,230 @@
+"""Stream an upload (multipart field `file`, or the raw request body) into object storage.
+
+Why not FastAPI's `UploadFile`: Starlette spools a multipart file to a temporary file before
+the handler runs, which doubles disk I/O and happens before we can check size limits or
+sniff the format. Here the body is read chunk by chunk from the socket, fed through
+python-multipart's streaming parser when it is multipart, hashed, and written to the storage
+backend in batches of about 1 MiB (an S3 writer holds at most one part). The API process
+never holds a whole scan in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from dataclasses import dataclass, field
+
+import anyio
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from app.problems import Problem
+from app.storage import Storage, Writer
+
+BATCH_BYTES = 1024 * 1024
+HEAD_BYTES = 352  # enough for a NIfTI-1 header + magic, a NIfTI-2 magic, an .npy magic
+MAX_FIELD_BYTES = 64 * 1024
+FILE_FIELD = "file"
+
+_SUFFIXES = (".nii.gz", ".nii", ".npy", ".nvc", ".gz")
+
+
+@dataclass
+class Upload:
+    """What was received: size, hash, first bytes and the other form fields."""
+
+    size: int = 0
+    sha256: str = ""
+    filename: str | None = None
+    head: bytes = b""
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def sniff_volume(head: bytes) -> str | None:
+    """Format of an uploaded volume from its first bytes: 'nii.gz', 'nii', 'npy' or None."""
+    if head[:2] == b"\x1f\x8b":
+        return "nii.gz"
+    if head[:6] == b"\x93NUMPY":
+        return "npy"
+    if len(head) >= 348:
+        for endian in "<>":
+            size = struct.unpack(endian + "i", head[:4])[0]
+            if size == 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+                return "nii"
+            if size == 540 and head[4:8] in (b"n+2\x00", b"ni2\x00"):
+                return "nii"
+    return None
+
+
+def stem_of(filename: str | None, default: str = "volume") -> str:
+    """File name without directories and without a volume/.nvc suffix ('scan.nii.gz' -> 'scan')."""
+    if not filename:
+        return default
+    name = re.split(r"[\\/]", filename)[-1]
+    lowered = name.lower()
+    for suffix in _SUFFIXES:
+        if lowered.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or default
+    return name[:200]
+
+
+class _Sink:
+    """Hash, count, limit and batch bytes on their way to a storage writer."""
+
+    def __init__(self, writer: Writer, max_bytes: int, check_head):
+        self.writer = writer
+        self.max_bytes = max_bytes
+        self.check_head = check_head
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.head = bytearray()
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.head_checked = False
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise Problem(413, f"upload is larger than the limit of {self.max_bytes} bytes", slug="too-large")
+        self.hash.update(data)
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+            if len(self.head) >= HEAD_BYTES and not self.head_checked:
+                self.head_checked = True
+                self.check_head(bytes(self.head))
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+
+    async def flush(self, force: bool = False) -> None:
+        if self.pending and (force or self.pending_bytes >= BATCH_BYTES):
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self.pending_bytes = 0
+            await anyio.to_thread.run_sync(self.writer.write, data)
+
+    async def finish(self) -> None:
+        await self.flush(force=True)
+        if not self.head_checked:
+            self.head_checked = True
+            self.check_head(bytes(self.head))
+
+
+async def receive_upload(request: Request, storage: Storage, key: str, max_bytes: int, check_head) -> Upload:
+    """Read the request body into `storage` under `key`.
+
+    `check_head(first_bytes)` is called once the first bytes are in (or at the end for a
+    tiny body) and may raise a Problem to refuse the upload early. On any failure the
+    partial object is removed and the exception propagates.
+    """
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes + 64 * 1024:
+        raise Problem(413, f"upload is larger than the limit of {max_bytes} bytes", slug="too-large")
+
+    content_type = request.headers.get("content-type", "")
+    ctype, options = parse_options_header(content_type)
+    writer = await anyio.to_thread.run_sync(storage.open_writer, key)
+    sink = _Sink(writer, max_bytes, check_head)
+    upload = Upload()
+    try:
+        if ctype == b"multipart/form-data":
+            await _receive_multipart(request, options, sink, upload)
+        else:
+            async for chunk in request.stream():
+                sink.feed(chunk)
+                await sink.flush()
+        if sink.size == 0:
+            raise Problem(400, "the upload is empty: send the file as multipart field `file` or as the body",
+                          slug="empty-upload")
+        await sink.finish()
+        await anyio.to_thread.run_sync(writer.commit)
+    except ClientDisconnect:
+        await anyio.to_thread.run_sync(writer.abort)
+        raise Problem(400, "the client closed the connection before the upload was complete", slug="incomplete-upload")
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(writer.abort)
+        raise
+    upload.size = sink.size
+    upload.sha256 = sink.hash.hexdigest()
+    upload.head = bytes(sink.head)
+    return upload
+
+
+async def _receive_multipart(request: Request, options: dict, sink: _Sink, upload: Upload) -> None:
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise Problem(400, "multipart/form-data without a boundary", slug="bad-multipart")
+
+    part: dict = {}
+    files_seen = 0
+
+    def on_part_begin() -> None:
+        part.clear()
+        part.update(headers={}, name=None, filename=None, value=bytearray(), header_field=b"", header_value=b"")
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        part["header_field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        part["header_value"] += data[start:end]
+
+    def on_header_end() -> None:
+        part["headers"][part["header_field"].lower()] = part["header_value"]
+        part["header_field"] = b""
+        part["header_value"] = b""
+
+    def on_headers_finished() -> None:
+        nonlocal files_seen
+        disposition, params = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        name = params.get(b"name")
+        part["name"] = name.decode("utf-8", "replace") if name is not None else None
+        filename = params.get(b"filename")
+        part["filename"] = filename.decode("utf-8", "replace") if filename is not None else None
+        if part["name"] == FILE_FIELD:
+            files_seen += 1
+            if files_seen > 1:
+                raise Problem(400, "send exactly one file in field `file`", slug="bad-multipart")
+            upload.filename = part["filename"]
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if part["name"] == FILE_FIELD:
+            sink.feed(data[start:end])
+        else:
+            part["value"] += data[start:end]
+            if len(part["value"]) > MAX_FIELD_BYTES:
+                raise Problem(400, f"form field {part['name']!r} is too long", slug="bad-multipart")
+
+    def on_part_end() -> None:
+        if part.get("name") and part["name"] != FILE_FIELD:
+            upload.fields[part["name"]] = part["value"].decode("utf-8", "replace")
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+        },
+    )
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            await sink.flush()
+        parser.finalize()
+    except Problem:
+        raise
+    except ClientDisconnect:
+        raise
+    except Exception as exc:  # python-multipart's parse errors
+        raise Problem(400, f"malformed multipart body: {exc}", slug="bad-multipart") from exc
+    if files_seen == 0:
+        raise Problem(400, "multipart upload without a `file` field", slug="bad-multipart")

@@ -1,0 +1,1 @@
+"""Celery workers of the NVC service: tasks `compress` and `decompress` around `codec`."""
