@@ -266,11 +266,14 @@ def resolve_dest(dest: str | os.PathLike[str], job: Job, response: httpx.Respons
     """``dest`` itself, or a file inside it named by the server (Content-Disposition) when it is a directory."""
     path = Path(os.fspath(dest))
     if path.is_dir():
-        name = filename_from_disposition(response.headers.get("content-disposition"))
+        name = job.output_name or filename_from_disposition(response.headers.get("content-disposition"))
+        if name:
+            name = os.path.basename(name)
         if not name:
-            if job.kind == "decompress" or (job.filename or "").lower().endswith(".nvc"):
-                name = decompressed_name(job.filename or job.id, job.output_format or "nii.gz")
+            source_name = job.input_name or job.id
+            if job.kind == "decompress":
+                name = decompressed_name(source_name, job.output_format or "nii.gz")
             else:
-                name = compressed_name(job.filename or job.id)
+                name = compressed_name(source_name)
         return path / name
     return path

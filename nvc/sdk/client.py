@@ -30,7 +30,7 @@ import httpx
 from nvc.sdk import _base
 from nvc.sdk._base import Source
 from nvc.sdk.batch import OutputFor, describe_failure, discard, plan_compress, plan_decompress
-from nvc.sdk.errors import JobCancelledError, JobFailedError, NVCConnectionError, WaitTimeoutError
+from nvc.sdk.errors import BatchStoppedError, JobCancelledError, JobFailedError, NVCConnectionError, WaitTimeoutError
 from nvc.sdk.models import BatchResult, Job, JobState, ProgressEvent
 from nvc.sdk.retry import RETRYABLE_EXCEPTIONS, RetryPolicy, parse_retry_after
 from nvc.sdk.verify import verify_compressed, verify_decompressed
@@ -347,11 +347,14 @@ class Client:
         verify: str,
         timeout: float | None,
         on_progress: ProgressCallback | None,
+        stop: threading.Event | None = None,
     ) -> BatchResult:
         start = time.monotonic()
         name = str(source)
 
         def emit(stage: str, fraction: float | None = None, **extra: Any) -> None:
+            if stop is not None and stop.is_set() and stage != "failed":
+                raise BatchStoppedError("batch stopped before this file finished")
             if on_progress is not None:
                 on_progress(ProgressEvent(source=name, stage=stage, fraction=fraction, **extra))  # type: ignore[arg-type]
 
@@ -385,6 +388,11 @@ class Client:
                 output_sha256=sha, verified=how, seconds=time.monotonic() - start,
             )
         except Exception as exc:  # one file's failure is a result, not the end of the batch
+            if isinstance(exc, BatchStoppedError) and job is not None and not job.state.terminal:
+                try:  # do not leave work running on the server for a batch nobody waits for
+                    self.cancel(job)
+                except Exception:
+                    pass
             message = describe_failure(exc)
             emit("failed", None, job=job, message=message)
             return BatchResult(
@@ -414,6 +422,7 @@ class Client:
 
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="nvc-batch")
         pending: set[Future[BatchResult]] = set()
+        stop = threading.Event()
         try:
             def refill() -> None:
                 while len(pending) < concurrency:
@@ -421,8 +430,8 @@ class Client:
                         source, output = next(plan)
                     except StopIteration:
                         return
-                    pending.add(pool.submit(self._run_one, kind, source, output, params,
-                                            verify=verify, timeout=timeout, on_progress=safe_progress))
+                    pending.add(pool.submit(self._run_one, kind, source, output, params, verify=verify,
+                                            timeout=timeout, on_progress=safe_progress, stop=stop))
 
             refill()
             while pending:
@@ -433,6 +442,9 @@ class Client:
                 for future in finished:
                     yield future.result()
         finally:
+            # Normal end: nothing is pending. Early end (consumer stopped, Ctrl-C): tell the
+            # in-flight files to stop at their next step and cancel their jobs.
+            stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
 
     def compress_many(

@@ -80,6 +80,10 @@ class WaitTimeoutError(NVCError, TimeoutError):
         super().__init__(f"job {job.id} still {job.state.value} after {timeout:g} s")
 
 
+class BatchStoppedError(NVCError):
+    """A batch was abandoned (its consumer stopped, or Ctrl-C) while this file was in flight."""
+
+
 class VerificationError(NVCError):
     """A downloaded result did not check out (does not decode, differs from its source, or wrong hash)."""
 

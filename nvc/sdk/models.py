@@ -30,42 +30,61 @@ class JobState(str, Enum):
 
 
 class Job(BaseModel):
-    """A compression or decompression job as ``GET /jobs/{id}`` reports it."""
+    """A compression or decompression job as ``GET /jobs/{id}`` reports it (schema ``Job``)."""
 
     model_config = ConfigDict(extra="allow")
 
     id: str
+    kind: Literal["compress", "decompress"] | None = None
     state: JobState
     progress: float = Field(0.0, ge=0.0, le=1.0)
-    kind: str | None = None
     profile: str | None = None
     output_format: str | None = None
-    filename: str | None = None
+    input_name: str | None = None
+    input_format: str | None = None
+    input_size: int | None = None
+    input_sha256: str | None = None
+    output_name: str | None = None
+    output_size: int | None = None
+    output_sha256: str | None = None
+    voxel_sha256: str | None = None
+    bits_per_voxel: float | None = None
+    shape: list[int] | None = None
+    dtype: str | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    input_size: int | None = None
-    output_size: int | None = None
-    input_sha256: str | None = None
-    output_sha256: str | None = None
-    bits_per_voxel: float | None = None
-    ratio: float | None = None
-    voxels: int | None = None
+    expires_at: datetime | None = None
     worker: str | None = None
+    device: str | None = None
+    attempts: int = 0
+    codec_seconds: float | None = None
+    verify_seconds: float | None = None
     error: str | None = None
+    result_deleted: bool = False
 
     @property
     def done(self) -> bool:
         return self.state.terminal
 
     @property
-    def size_ratio(self) -> float | None:
-        """The server's ratio, else input/output size when both are known."""
-        if self.ratio is not None:
-            return self.ratio
-        if self.input_size and self.output_size:
-            return self.input_size / self.output_size
-        return None
+    def voxels(self) -> int | None:
+        """Number of voxels (product of ``shape``) when the server reported the shape."""
+        if not self.shape:
+            return None
+        count = 1
+        for extent in self.shape:
+            count *= int(extent)
+        return count
+
+    @property
+    def ratio(self) -> float | None:
+        """Size ratio: input/output for compress jobs, output/input for decompress jobs (both >1 usually)."""
+        if not (self.input_size and self.output_size):
+            return None
+        if self.kind == "decompress":
+            return self.output_size / self.input_size
+        return self.input_size / self.output_size
 
 
 class Problem(BaseModel):
