@@ -1,0 +1,243 @@
+"""`nvc compress`, `nvc decompress`, `nvc info`, `nvc bench`: the codec on the command line.
+
+Conventions follow zstd: `-` is stdin/stdout; `compress IN` writes `IN.nvc`, `decompress IN.nvc`
+writes IN without `.nvc`; an existing output is only replaced with `-f`. Progress bars go to
+stderr and only when it is a terminal (never with `-q`). Errors end the command with one line
+on stderr and a non-zero status (see nvc/cli.py). Heavy imports (numpy, torch) happen inside
+the handlers so `nvc --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compress",
+        help="compress a .nii/.nii.gz/.npy volume to .nvc",
+        description="Compress a NIfTI (.nii, .nii.gz) or .npy volume losslessly to .nvc. "
+        "IN may be '-' (stdin; the format is detected from its bytes).",
+    )
+    p.add_argument("input", metavar="IN", help="input file, or - for stdin")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: IN.nvc; stdout when IN is -); - for stdout")
+    p.add_argument("--profile", default="default", help="coding profile (default: %(default)s)")
+    _common(p)
+    p.set_defaults(handler=cmd_compress)
+
+    p = subparsers.add_parser(
+        "decompress",
+        help="decompress a .nvc file to .nii/.nii.gz/.npy",
+        description="Decompress an .nvc file. The output format follows OUT's extension (.nii.gz, .nii, .npy), "
+        "or --format; NIfTI input is restored with its original header.",
+    )
+    p.add_argument("input", metavar="IN", help=".nvc file, or - for stdin")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: IN without .nvc; stdout when IN is -); - for stdout")
+    p.add_argument("--format", choices=["nii.gz", "nii", "npy"], help="output format (default: from OUT's extension; "
+                   "for stdout: nii when the file came from NIfTI, else npy)")
+    _common(p)
+    p.set_defaults(handler=cmd_decompress)
+
+    p = subparsers.add_parser("info", help="describe a .nvc file", description="Describe an .nvc file without decoding it.")
+    p.add_argument("input", metavar="FILE", help=".nvc file, or - for stdin")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=cmd_info)
+
+    p = subparsers.add_parser(
+        "bench",
+        help="compare NVC with JPEG-LS, JPEG 2000, HTJ2K, JPEG XL and tomoz",
+        description="Code each volume with NVC (each profile) and the reference codecs, verify every round trip "
+        "bit-exactly, and report bits/voxel and encode/decode MB/s (MB of raw voxels).",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help=".nii/.nii.gz/.npy volumes")
+    p.add_argument("--profiles", default="default", help="comma-separated NVC profiles (default: %(default)s)")
+    p.add_argument("--codecs", default=None, help="comma-separated reference codecs (default: jpegls,j2k,htj2k,jxl_e7,tomoz; "
+                   "also jxl_e9, zstd19, xz9; 'none' for NVC only)")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the results as JSON")
+    p.add_argument("--md", dest="md_out", metavar="OUT", help="write the table as Markdown")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(handler=cmd_bench)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def progress_bar(quiet: bool, label: str):
+    """A tqdm bar on stderr fed with fractions; None when quiet or stderr is not a terminal."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc=label, file=sys.stderr, leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+
+    def update(fraction: float) -> None:
+        target = int(1000 * min(max(fraction, 0.0), 1.0))
+        if target > bar.n:
+            bar.update(target - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _read_input(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    path = Path(name)
+    if path.is_dir():
+        raise IsADirectoryError(f"{name} is a directory")
+    return path.read_bytes()
+
+
+def _check_output(out: Path, force: bool, src: str) -> None:
+    from nvc.cli import CLIError
+
+    if src != "-" and out.resolve() == Path(src).resolve():
+        raise CLIError(f"output {out} would overwrite the input")
+    if out.exists() and not force:
+        raise CLIError(f"{out} already exists (use -f to overwrite)")
+
+
+def _write_output(name: str, data: bytes) -> None:
+    if name == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        from codec.files import write_bytes
+
+        write_bytes(name, data)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def cmd_compress(args) -> int:
+    from codec.files import NVC_SUFFIX, compress_bytes
+    from nvc.cli import CLIError
+
+    out = args.output
+    if out is None:
+        out = "-" if args.input == "-" else args.input + NVC_SUFFIX
+    if out != "-":
+        _check_output(Path(out), args.force, args.input)
+    elif sys.stdout.isatty():
+        raise CLIError("refusing to write compressed data to a terminal (use -o FILE)")
+    data = _read_input(args.input)
+    with progress_bar(args.quiet, "compress") as progress:
+        nvc = compress_bytes(data, profile=args.profile, progress=progress)
+    del data
+    _write_output(out, nvc)
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    import io
+
+    from codec.api import read
+    from codec.files import default_output, output_format, volume_bytes
+    from nvc.cli import CLIError
+
+    if args.input == "-":
+        source = io.BytesIO(sys.stdin.buffer.read())
+    else:
+        if Path(args.input).is_dir():
+            raise IsADirectoryError(f"{args.input} is a directory")
+        source = open(args.input, "rb")
+    try:
+        from codec import format as fmt
+
+        container, _ = fmt.parse(source)  # fail fast, before any output decision or decoding
+        out = args.output
+        if out is None:
+            out = "-" if args.input == "-" else str(default_output(Path(args.input), container.source_kind))
+        if out != "-":
+            _check_output(Path(out), args.force, args.input)
+        elif sys.stdout.isatty():
+            raise CLIError("refusing to write volume data to a terminal (use -o FILE)")
+        fmt_name = args.format or (output_format(out) if out != "-" else ("nii" if container.source_kind else "npy"))
+        with progress_bar(args.quiet, "decompress") as progress:
+            dec = read(source, progress=progress)
+    finally:
+        source.close()
+    data = volume_bytes(dec.array, fmt_name, nifti_header=dec.nifti_header, spacing=dec.spacing)
+    del dec
+    _write_output(out, data)
+    return 0
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_info(d: dict) -> str:
+    """The human table printed by `nvc info`."""
+    models = d["models"]
+    if models:
+        model_txt = "; ".join(
+            f"{m.get('model_id', '?')}{' fine-tuned' if m.get('fine_tuned') else ''} ({m['bytes']} B)" for m in models
+        )
+    else:
+        model_txt = "none (constant volume)"
+    rows = [
+        ("format", f"nvc version {d['format_version']}"),
+        ("dtype", d["dtype"] + (" (big-endian)" if d["byte_order"] == "big" else "")),
+        ("shape", " x ".join(str(n) for n in d["shape"]) + f"  ({d['voxels']} voxels, {d['volumes']} volume(s))"),
+        ("spacing", " x ".join(f"{s:g}" for s in d["spacing"]) if d["spacing"] else "-"),
+        ("value range", f"{d['value_range'][0]} .. {d['value_range'][1]}"),
+        ("profile", str(d["profile"] or "-")),
+        ("model", model_txt),
+        ("slabs", f"{d['slab_count']} (slices per slab: " + ", ".join(sorted({str(s[1] - s[0]) for v in d['slabs'] for s in v})) + ")"
+         if d["slab_count"] else "0"),
+        ("source header", f"{d['source_header']} ({d['source_header_bytes']} B)" if d["source_header"] else "-"),
+        ("metadata", f"{d['metadata_bytes']} B"),
+        ("size", f"{_human_bytes(d['file_bytes'])} ({d['file_bytes']} B) of {_human_bytes(d['raw_bytes'])} raw, "
+                 f"ratio {d['compression_ratio']:.3f}"),
+        ("  payload", f"{d['payload_bytes']} B"),
+        ("  models", f"{d['model_bytes']} B"),
+        ("  headers, index", f"{d['overhead_bytes']} B"),
+        ("bits/voxel", f"{d['bits_per_voxel']:.4f}"),
+        ("sha256", d["sha256"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def cmd_info(args) -> int:
+    import io
+
+    from codec.api import info
+
+    if args.input == "-":
+        d = info(io.BytesIO(sys.stdin.buffer.read()))
+    else:
+        if Path(args.input).is_dir():
+            raise IsADirectoryError(f"{args.input} is a directory")
+        with open(args.input, "rb") as f:
+            d = info(f)
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        print(format_info(d))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from nvc import bench
+
+    return bench.main(args)
