@@ -82,6 +82,17 @@ def test_dropped_connections_are_retried_and_a_repeat_returns_the_same_job(serve
     assert again.id == job.id and len(server.jobs) == 1
 
 
+def test_409_with_retry_after_is_retried_but_other_409s_are_not(server, volume):
+    server.faults["POST /compress"] = ["409:0"]
+    with Client(server.url, retry=FAST) as client:
+        job = client.compress(volume)
+        assert len(server.keys_for("POST /compress")) == 2 and len(server.jobs) == 1
+        with pytest.raises(APIError) as info:  # result of an unfinished job: 409 without Retry-After
+            client.result_bytes(job)
+    assert info.value.status == 409
+    assert len([a for a in server.attempts if a["route"] == "GET /jobs/{id}/result"]) == 1
+
+
 def test_429_honours_retry_after(server, volume):
     server.faults["POST /compress"] = ["429:1"]
     with Client(server.url, retry=FAST) as client:
@@ -326,3 +337,24 @@ def test_job_model_accepts_the_services_schema_and_unknown_fields():
         "output_size": 250, "shape": [4, 5, 6], "created_at": "2025-01-01T00:00:00Z", "new_field": 1,
     })
     assert job.ratio == 4.0 and job.voxels == 120 and job.done and job.new_field == 1
+
+
+def test_sdk_models_match_the_services_openapi_schema():
+    import json
+
+    spec_path = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
+    if not spec_path.is_file():
+        pytest.skip("openapi/openapi.json not generated")
+    schemas = json.loads(spec_path.read_text())["components"]["schemas"]
+    job = schemas["Job"]
+    assert set(job["properties"]) == set(Job.model_fields), "nvc.sdk.models.Job drifted from the service's Job"
+    assert job["properties"]["state"]["enum"] == [s.value for s in JobState]
+    assert set(job["properties"]["kind"]["enum"]) == {"compress", "decompress"}
+    from nvc.sdk import Problem
+
+    assert set(schemas["ProblemDetails"]["properties"]) <= set(Problem.model_fields)
+    # a document built from the schema's example-like values validates
+    sample = {name: None for name in job["properties"]}
+    sample.update(id="0" * 32, kind="compress", state="queued", progress=0, created_at="2025-01-01T00:00:00Z",
+                  attempts=0, result_deleted=False)
+    assert Job.model_validate(sample).state is JobState.queued

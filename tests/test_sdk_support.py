@@ -30,7 +30,7 @@ def transform(data: bytes) -> bytes:
 
 class FakeNVC:
     """A scripted stand-in for the NVC API. ``faults[route]`` is a list consumed per request:
-    ``"503"``, ``"429:<retry-after>"``, ``"drop"`` (close without answering), ``"drop-body"``
+    ``"503"``, ``"429:<retry-after>"``, ``"409:<retry-after>"`` (same key still in progress), ``"drop"`` (close without answering), ``"drop-body"``
     (start a result download, then cut it)."""
 
     def __init__(self, *, api_key: str | None = None, polls_to_finish: int = 2):
@@ -133,6 +133,9 @@ class FakeNVC:
             return self.problem(h, 503, "warming up")
         if fault and fault.startswith("429"):
             return self.problem(h, 429, "slow down", {"Retry-After": fault.split(":", 1)[1]})
+        if fault and fault.startswith("409"):
+            return self.problem(h, 409, "a request with this Idempotency-Key is still in progress",
+                                {"Retry-After": fault.split(":", 1)[1]})
         if self.api_key and path.startswith(("/compress", "/decompress", "/jobs")):
             if h.headers.get("Authorization") != f"Bearer {self.api_key}":
                 return self.problem(h, 401, "the API key is not valid")

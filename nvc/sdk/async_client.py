@@ -108,7 +108,7 @@ class AsyncClient:
                 self._note_retry(attempt, f"{type(exc).__name__}: {exc}", delay)
                 await self._sleep(delay)
                 continue
-            if self.retry.should_retry_status(response.status_code) and attempt < self.retry.max_attempts:
+            if self.retry.should_retry(response.status_code, response.headers) and attempt < self.retry.max_attempts:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 await response.aclose()
                 delay = self.retry.delay(attempt, retry_after)
@@ -168,7 +168,11 @@ class AsyncClient:
                                   idempotency_key=idempotency_key, on_upload=on_upload)
 
     async def get_job(self, job: Job | str) -> Job:
-        return _base.parse_job(await self._send("GET", f"/jobs/{_base.job_id(job)}"))
+        return await self._get_job(_base.job_id(job))
+
+    async def _get_job(self, job_id: str, wait: float = 0.0) -> Job:
+        params = {"wait": f"{wait:.3f}"} if wait > 0 else None
+        return _base.parse_job(await self._send("GET", f"/jobs/{job_id}", params=params))
 
     async def cancel(self, job: Job | str) -> Job:
         response = await self._send("DELETE", f"/jobs/{_base.job_id(job)}")
@@ -190,14 +194,20 @@ class AsyncClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         current = job if isinstance(job, Job) else await self.get_job(job)
         while not current.state.terminal:
+            step = interval
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise WaitTimeoutError(current, timeout or 0.0)
-                await self._sleep(min(interval, left))
-            else:
-                await self._sleep(interval)
-            current = await self.get_job(current.id)
+                step = min(interval, left)
+            # Long-poll: the server answers as soon as the job ends, else after `step` seconds.
+            # A server that ignores `wait` answers at once: then sleep the rest of the step.
+            asked = time.monotonic()
+            current = await self._get_job(current.id, wait=step)
+            if not current.state.terminal:
+                rest = step - (time.monotonic() - asked)
+                if rest > 0.01:
+                    await self._sleep(rest)
             if on_update is not None:
                 on_update(current)
         if raise_on_failure:

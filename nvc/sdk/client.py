@@ -128,7 +128,7 @@ class Client:
                 self._note_retry(attempt, f"{type(exc).__name__}: {exc}", delay)
                 self._sleep(delay)
                 continue
-            if self.retry.should_retry_status(response.status_code) and attempt < self.retry.max_attempts:
+            if self.retry.should_retry(response.status_code, response.headers) and attempt < self.retry.max_attempts:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 response.close()
                 delay = self.retry.delay(attempt, retry_after)
@@ -219,7 +219,12 @@ class Client:
         )
 
     def get_job(self, job: Job | str) -> Job:
-        return _base.parse_job(self._send("GET", f"/jobs/{_base.job_id(job)}"))
+        """``GET /jobs/{id}``: the job's current state."""
+        return self._get_job(_base.job_id(job))
+
+    def _get_job(self, job_id: str, wait: float = 0.0) -> Job:
+        params = {"wait": f"{wait:.3f}"} if wait > 0 else None
+        return _base.parse_job(self._send("GET", f"/jobs/{job_id}", params=params))
 
     def cancel(self, job: Job | str) -> Job:
         """``DELETE /jobs/{id}``: cancel a queued or running job; returns its state afterwards."""
@@ -244,14 +249,20 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         current = job if isinstance(job, Job) else self.get_job(job)
         while not current.state.terminal:
+            step = interval
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise WaitTimeoutError(current, timeout or 0.0)
-                self._sleep(min(interval, left))
-            else:
-                self._sleep(interval)
-            current = self.get_job(current.id)
+                step = min(interval, left)
+            # Long-poll: the server answers as soon as the job ends, else after `step` seconds.
+            # A server that ignores `wait` answers at once: then sleep the rest of the step.
+            asked = time.monotonic()
+            current = self._get_job(current.id, wait=step)
+            if not current.state.terminal:
+                rest = step - (time.monotonic() - asked)
+                if rest > 0.01:
+                    self._sleep(rest)
             if on_update is not None:
                 on_update(current)
         if raise_on_failure:

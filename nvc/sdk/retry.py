@@ -62,8 +62,12 @@ class RetryPolicy:
     max_retry_after: float = 120.0
     retry_statuses: frozenset[int] = field(default_factory=lambda: frozenset({429, 502, 503, 504}))
 
-    def should_retry_status(self, status: int) -> bool:
-        return status in self.retry_statuses
+    def should_retry(self, status: int, headers: "httpx.Headers | dict[str, str] | None" = None) -> bool:
+        """Retry this status? Also a 409 that carries ``Retry-After``: the service's answer while
+        an earlier attempt with the same Idempotency-Key is still being received."""
+        if status in self.retry_statuses:
+            return True
+        return status == 409 and headers is not None and "retry-after" in {k.lower() for k in headers.keys()}
 
     def delay(self, retry_number: int, retry_after: float | None = None) -> float:
         """Seconds to sleep before retry number ``retry_number`` (1 for the first retry)."""
