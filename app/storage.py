@@ -93,6 +93,10 @@ class _LocalWriter:
     def abort(self) -> None:
         self._file.close()
         self._tmp.unlink(missing_ok=True)
+        try:
+            self._final.parent.rmdir()  # only if nothing else of this job is there
+        except OSError:
+            pass
 
 
 class LocalStorage:
@@ -319,6 +323,7 @@ class S3Storage:
     def get_file(self, key: str, path: Path) -> None:
         from botocore.exceptions import ClientError
 
+        self._ensure_bucket()
         try:
             self.client.download_file(self.bucket, self._key(key), str(path))
         except ClientError as exc:
@@ -332,6 +337,7 @@ class S3Storage:
     def iter_chunks(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
         from botocore.exceptions import ClientError
 
+        self._ensure_bucket()
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         except ClientError as exc:
@@ -346,6 +352,7 @@ class S3Storage:
     def size(self, key: str) -> int:
         from botocore.exceptions import ClientError
 
+        self._ensure_bucket()
         try:
             return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
         except ClientError as exc:
@@ -355,6 +362,7 @@ class S3Storage:
 
     def delete_prefix(self, prefix: str) -> int:
         full = self._key(prefix.rstrip("/")) + ("/" if prefix.endswith("/") else "")
+        self._ensure_bucket()
         count = 0
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
@@ -378,6 +386,7 @@ class S3Storage:
 
     def list_job_prefixes(self) -> Iterator[tuple[str, float]]:
         base = self._key("jobs") + "/"
+        self._ensure_bucket()
         newest: dict[str, float] = {}
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=base):

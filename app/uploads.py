@@ -62,11 +62,14 @@ def stem_of(filename: str | None, default: str = "volume") -> str:
     if not filename:
         return default
     name = re.split(r"[\\/]", filename)[-1]
-    lowered = name.lower()
-    for suffix in _SUFFIXES:
-        if lowered.endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
+    stripped = True
+    while stripped:  # "brain.nii.gz.nvc" -> "brain"
+        stripped = False
+        for suffix in _SUFFIXES:
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                name = name[: -len(suffix)]
+                stripped = True
+                break
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or default
     return name[:200]
 

@@ -63,6 +63,8 @@ _runtime: Runtime | None = None
 
 def detect_device() -> str:
     """'cuda:0 (<name>)' when this process sees a GPU (pinned by CUDA_VISIBLE_DEVICES), else 'cpu'."""
+    if os.environ.get("NVC_DEVICE", "auto") == "cpu":  # the codec's own switch
+        return "cpu"
     try:
         import torch
 
@@ -76,19 +78,26 @@ def detect_device() -> str:
 def runtime() -> Runtime:
     global _runtime
     if _runtime is None or _runtime.pid != os.getpid():
-        import redis
-
-        settings = get_settings()
+        settings = _runtime.settings if _runtime is not None else get_settings()
         if not settings.redis_url:
             raise RuntimeError("NVC_REDIS_URL is not set")
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
-        _runtime = Runtime(
-            settings=settings,
-            store=JobStore(client, settings.key_prefix, settings.job_ttl_seconds),
-            storage=make_storage(settings),
-            device=detect_device(),
-            pid=os.getpid(),
-        )
+        configure(settings)
+    return _runtime
+
+
+def configure(settings: Settings) -> Runtime:
+    """Use `settings` (instead of the environment) in this process, e.g. when embedding or testing."""
+    global _runtime
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+    _runtime = Runtime(
+        settings=settings,
+        store=JobStore(client, settings.key_prefix, settings.job_ttl_seconds),
+        storage=make_storage(settings),
+        device=detect_device(),
+        pid=os.getpid(),
+    )
     return _runtime
 
 
@@ -208,8 +217,7 @@ def _compress(rt: Runtime, record: dict[str, Any], scratch: Path, interval: floa
     codec.decompress_file(dst, decoded_path, progress=verify_progress)
     decoded = np.load(decoded_path, mmap_mode="r")
     original = codec.read_volume(src)
-    original = original[0] if isinstance(original, tuple) else original
-    original = np.asarray(original)
+    original = np.asarray(getattr(original, "array", original))
     if original.shape != decoded.shape or original.dtype != decoded.dtype:
         raise VerificationError(
             f"decoded volume is {decoded.dtype}{decoded.shape}, input was {original.dtype}{original.shape}"
@@ -222,7 +230,7 @@ def _compress(rt: Runtime, record: dict[str, Any], scratch: Path, interval: floa
     verify_progress.check(0.95)
 
     meta = codec.info(dst.read_bytes())
-    return _store_output(rt, record, dst, meta, codec_seconds, verify_seconds, voxel_sha256=expected)
+    return _store_output(rt, record, dst, meta, codec_seconds, verify_seconds, voxel_sha256=meta.get("sha256"))
 
 
 def _decompress(rt: Runtime, record: dict[str, Any], scratch: Path, interval: float) -> dict[str, Any]:

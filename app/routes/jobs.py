@@ -40,6 +40,15 @@ IdempotencyKey = Annotated[
 ]
 
 
+def known_profiles() -> list[str] | None:
+    """Profile names the codec knows, when it can tell without loading torch (else the worker checks)."""
+    try:
+        from codec.profiles import PROFILES
+    except Exception:
+        return None
+    return list(PROFILES)
+
+
 def _problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ProblemDetails, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in codes}
 
@@ -131,6 +140,11 @@ async def _submit(
             profile = merged.get("profile") or "default"
             if not PROFILE.match(profile):
                 raise Problem(422, f"invalid profile name {profile!r}", slug="invalid-request")
+            known = known_profiles()
+            if known is not None and profile not in known:
+                raise Problem(
+                    422, f"unknown profile {profile!r}: choose one of {', '.join(known)}", slug="invalid-request"
+                )
             input_format = sniff_volume(upload.head)
             output_format = "nvc"
             extra = {"profile": profile}

@@ -192,7 +192,7 @@ def plan_workers(settings, *, cpu: bool, gpus: int | None, processes: int, queue
     if devices:
         return [(f"gpu{d}@%h", chosen or [settings.gpu_queue], {"CUDA_VISIBLE_DEVICES": d}) for d in devices]
     return [
-        (f"cpu{i}@%h", chosen or [settings.cpu_queue, settings.gpu_queue], {"CUDA_VISIBLE_DEVICES": ""})
+        (f"cpu{i}@%h", chosen or [settings.cpu_queue, settings.gpu_queue], {"CUDA_VISIBLE_DEVICES": "", "NVC_DEVICE": "cpu"})
         for i in range(max(1, processes))
     ]
 
