@@ -220,13 +220,18 @@ def read(data, *, slices=None, progress: Progress = None) -> Decoded:
     out_shape = list(header.shape)
     if header.ndim >= 3:
         out_shape[2] = b - a
-    out = vol.empty_output(tuple(out_shape), header.dtype)
+    # The output is allocated only once the first volume has been decoded (or is constant), so
+    # a small hostile file declaring a huge shape is refused by the engine's payload-size checks
+    # before any large allocation happens.
+    out = None
     engine = None
     sha = hashlib.sha256() if full else None
     n_vol = len(container.volumes)
     for t, entry in enumerate(container.volumes):
-        out_zyx = vol.output_zyx(out, t)
         if entry.model is None:
+            if out is None:
+                out = vol.empty_output(tuple(out_shape), header.dtype)
+            out_zyx = vol.output_zyx(out, t)
             value = np.asarray(entry.base + entry.vmin).astype(header.dtype)
             out_zyx[...] = value
             if sha is not None:
@@ -239,6 +244,9 @@ def read(data, *, slices=None, progress: Progress = None) -> Decoded:
         if engine is None:
             engine = _engine()
         arrays = _decode_slabs(engine, container, t, entry, needed, src, _sub_progress(progress, t / n_vol, 1 / n_vol))
+        if out is None:
+            out = vol.empty_output(tuple(out_shape), header.dtype)
+        out_zyx = vol.output_zyx(out, t)
         for s, arr in zip(needed, arrays):
             values = vol.from_engine(np.asarray(arr), entry.base, header.dtype)
             raw = vol.canonical_bytes(values)
@@ -253,6 +261,8 @@ def read(data, *, slices=None, progress: Progress = None) -> Decoded:
             out_zyx[lo - a : hi - a] = values[lo - s.z0 : hi - s.z0]
             del raw, values
         del arrays
+    if out is None:  # nothing to decode: an empty slice range
+        out = vol.empty_output(tuple(out_shape), header.dtype)
     if sha is not None:
         fmt.verify_end(src, container)
         if sha.digest() != header.sha256:

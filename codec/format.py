@@ -261,11 +261,13 @@ def build(
     metadata: bytes = b"",
     source_kind: str | None = None,
     source_header: bytes = b"",
+    ancillary: Sequence[tuple[bytes, bytes]] = (),
 ) -> bytes:
     """Assemble a version-1 file.
 
     `volumes`: one (vmin, vmax, base, model_index | None, [(z0, z1, voxel_crc)...], [payload...])
-    per coded volume, in order. The slab offsets are computed here.
+    per coded volume, in order. The slab offsets are computed here. `ancillary`: (tag, body)
+    chunks placed before the index; tags must start with a lower-case letter.
     """
     if len(volumes) != header.n_volumes:
         raise FormatError(f"{len(volumes)} volumes given, the header declares {header.n_volumes}")
@@ -279,6 +281,10 @@ def build(
         out += _chunk(TAG_SRCH, bytes([_SOURCE_CODES[source_kind]]) + bytes(source_header))
     for blob in models:
         out += _chunk(TAG_MODL, bytes(blob))
+    for tag, body in ancillary:
+        if len(tag) != 4 or _is_critical(tag):
+            raise FormatError(f"ancillary chunk tags are 4 bytes starting with a lower-case letter, not {tag!r}")
+        out += _chunk(bytes(tag), bytes(body))
     n_slabs = sum(len(v[4]) for v in volumes)
     index_len = INDX_FIXED.size + VOLUME_REC.size * len(volumes) + SLAB_REC.size * n_slabs
     pos = sum(len(p) for p in out) + CHUNK_OVERHEAD + index_len
@@ -365,8 +371,8 @@ def parse_head(body: bytes | memoryview) -> Header:
     if not all(math.isfinite(s) for s in spacing):
         raise FormatError(f"spacing {spacing} is not finite")
     dtype = np.dtype(_CODE_DTYPES[code])
-    if dtype.itemsize > 1:
-        dtype = dtype.newbyteorder("<" if order == BYTE_ORDER_LITTLE else ">")
+    if dtype.itemsize > 1 and (order == BYTE_ORDER_LITTLE) != _little():
+        dtype = dtype.newbyteorder("<" if order == BYTE_ORDER_LITTLE else ">")  # non-native: explicit
     elif order != BYTE_ORDER_LITTLE:
         raise FormatError("byte order must be 0 for a one-byte dtype")
     return Header(dtype=dtype, shape=tuple(shape), spacing=tuple(spacing) if n_spacing else None, sha256=sha)
@@ -445,11 +451,13 @@ def parse(data, *, verify_all: bool = False) -> tuple[Container, Source]:
     does this implicitly; `info` does not).
     """
     src = as_source(data)
-    pre = src.read(0, PREAMBLE.size, "the preamble") if src.size >= PREAMBLE.size else None
-    if pre is None:
+    if src.size == 0:
+        raise FormatError("empty data: not an .nvc file (bad magic)")
+    if src.size < PREAMBLE.size:
         if bytes(src.read(0, src.size, "the preamble")) != MAGIC[: src.size]:
             raise FormatError("not an .nvc file (bad magic)")
         raise FormatError(f"truncated file: {src.size} bytes, not even a preamble")
+    pre = src.read(0, PREAMBLE.size, "the preamble")
     magic, version, flags = PREAMBLE.unpack(pre)
     if magic != MAGIC:
         raise FormatError("not an .nvc file (bad magic)")
