@@ -132,7 +132,7 @@ def start_redis(folder: Path, *, persist: bool = True, timeout: float = 15.0) ->
     port = free_port()
     cmd = [
         redis_executable(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-        "--dbfilename", "nvc.rdb", "--save", "60 1" if persist else "", "--appendonly", "no",
+        "--dbfilename", "nvc.rdb", *(["--save", "60", "1"] if persist else ["--save", ""]), "--appendonly", "no",
         "--daemonize", "no", "--logfile", str(folder / "redis.log"),
     ]
     proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
