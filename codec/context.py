@@ -52,8 +52,6 @@ FEATURE_SHIFT = 6
 FEATURE_SCALE = 1 << FEATURE_SHIFT
 #: Features are clipped to this magnitude so the first layer's sums stay exact in float32.
 FEATURE_CLIP = 1023
-#: Fixed-point bits of the per-voxel reciprocal of the divisor.
-RECIP_BITS = 24
 #: Added to the activity so the divisor is never zero (and flat areas are not over-amplified).
 ACTIVITY_BIAS = 2
 #: Number of quarter-octave activity buckets (divisors up to 5 * 65535 + 2 < 2^19).
@@ -142,49 +140,62 @@ class SlabGeometry:
 
 @dataclass
 class Features:
-    """Integer network inputs and what is needed to turn outputs into a coding distribution."""
+    """Network inputs and what is needed to turn outputs into a coding distribution."""
 
-    inputs: np.ndarray  # (n, N_INPUTS) int32, |value| <= FEATURE_CLIP
+    inputs: np.ndarray  # (n, N_INPUTS) float32 holding integers, |value| <= FEATURE_CLIP
     ref: np.ndarray  # (n,) int64 reference prediction
     divisor: np.ndarray  # (n,) int64 activity + ACTIVITY_BIAS
     bucket: np.ndarray  # (n,) int32 quarter-octave bucket of divisor
 
 
-def compute_features(
-    buffer: np.ndarray,
-    index: np.ndarray,
-    offsets: np.ndarray,
-    first_slice: np.ndarray,
-    vmin: int,
-    vmax: int,
-) -> Features:
-    """Features of the voxels at flat `index` of `buffer` (padded with vmin).
+def gather_neighbours(buffer: np.ndarray, index: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(n, N_NEIGHBOURS) int32 context values of the voxels at flat `index` (decoder path).
+
+    Feature-major in memory (a transposed view): every column is contiguous.
+    """
+    return buffer[offsets[:, None] + index[None, :]].T
+
+
+def slice_neighbours(block: np.ndarray, z: int, height: int, width: int) -> np.ndarray:
+    """(height * width, N_NEIGHBOURS) context values of slice z of a padded slab block (encoder path).
+
+    Same values as `gather_neighbours` for the same voxels, built from shifted views.
+    """
+    out = np.empty((N_NEIGHBOURS, height, width), dtype=np.int32)
+    for k, (dz, dy, dx) in enumerate(NEIGHBOURS):
+        zz, y0, x0 = z + PAD_Z + dz, PAD_Y0 + dy, PAD_X0 + dx
+        out[k] = block[zz, y0 : y0 + height, x0 : x0 + width]
+    return out.reshape(N_NEIGHBOURS, height * width).T
+
+
+def compute_features(nb: np.ndarray, first_slice: np.ndarray, vmin: int, vmax: int) -> Features:
+    """Features from the context values `nb` (n, N_NEIGHBOURS) of n voxels.
 
     `first_slice` marks voxels in the first slice of their slab: their previous-slice
     window lies in the padding and is replaced by the reference (features 0) plus a flag.
+    Only integer operations and single IEEE float32 divisions/multiplications (correctly
+    rounded on every CPU and GPU, no libm, no fused operations) are used, so the result
+    is identical everywhere.
     """
-    nb = buffer[index[:, None] + offsets[None, :]]  # (n, 37) int32
+    n_vox = len(nb)
     w, nw, n, ne = nb[:, W], nb[:, NW], nb[:, N], nb[:, NE]
     lo = np.minimum(w, n)
     hi = np.maximum(w, n)
     ref = np.where(nw >= hi, lo, np.where(nw <= lo, hi, w + n - nw))
-    activity = (
-        np.abs(w - nw) + np.abs(nw - n) + np.abs(n - ne) + np.abs(w - nb[:, WW]) + np.abs(n - nb[:, NN])
-    )
-    divisor = activity.astype(np.int64) + ACTIVITY_BIAS
-    # (rel * 2^6) / divisor via an integer reciprocal: one division per voxel, not per feature.
-    recip = (np.int64(1) << (RECIP_BITS + FEATURE_SHIFT)) // divisor
-    rel = (nb - ref[:, None]).astype(np.int64)
+    activity = np.abs(w - nw) + np.abs(nw - n) + np.abs(n - ne) + np.abs(w - nb[:, WW]) + np.abs(n - nb[:, NN])
+    divisor = activity + ACTIVITY_BIAS
+    inv = np.float32(FEATURE_SCALE) / divisor.astype(np.float32)
+    feats = np.empty((N_INPUTS, n_vox), dtype=np.float32).T  # feature-major memory, like nb
+    rel = feats[:, :N_NEIGHBOURS]
+    np.subtract(nb, ref[:, None], out=rel, casting="unsafe")  # exact: |difference| < 2^17
+    rel *= inv[:, None]
+    np.floor(rel, out=rel)
+    np.clip(rel, -FEATURE_CLIP, FEATURE_CLIP, out=rel)
     if first_slice.any():
         rel[first_slice, PREV_FIRST:] = 0
-    rel *= recip[:, None]
-    rel >>= RECIP_BITS
-    feats = np.empty((len(index), N_INPUTS), dtype=np.int32)
-    np.clip(rel, -FEATURE_CLIP, FEATURE_CLIP, out=rel)
-    feats[:, :N_NEIGHBOURS] = rel
     bucket = activity_bucket(divisor)
     feats[:, N_NEIGHBOURS] = bucket * 8
     span = vmax - vmin + 1
-    feats[:, N_NEIGHBOURS + 1] = ((ref - vmin) * 512) // span
-    feats[:, N_NEIGHBOURS + 2] = first_slice.astype(np.int32) * 256
-    return Features(inputs=feats, ref=ref.astype(np.int64), divisor=divisor, bucket=bucket)
+    feats[:, N_NEIGHBOURS + 1] = ((ref.astype(np.int64) - vmin) * 512) // span
+    feats[:, N_NEIGHBOURS + 2] = first_slice * 256
+    return Features(inputs=feats, ref=ref.astype(np.int64), divisor=divisor.astype(np.int64), bucket=bucket)

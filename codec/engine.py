@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import constriction
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from codec import registry
-from codec.context import SlabGeometry, compute_features
+from codec.context import PAD_Z, SlabGeometry, compute_features, gather_neighbours, slice_neighbours
 from codec.entropy import (
     CodingTables,
     decode_step,
@@ -45,7 +45,6 @@ BLOB_VERSION = 1
 #: most ~23k * B voxels; anything claiming far more is hostile or corrupt and is refused
 #: before any work is done.
 MAX_VOXELS_PER_PAYLOAD_BYTE = 65536
-ENCODE_CHUNK = 1 << 19
 
 Progress = Callable[[float], None] | None
 
@@ -120,6 +119,23 @@ def describe_model(model_blob: bytes) -> dict:
     }
 
 
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run torch with `threads` intra-op threads (default NVC_THREADS or 1), then restore.
+
+    One thread is the default: the decoder's per-step batches are small, and OpenMP
+    threads spinning against other busy processes (API, other workers) made a decode 20x
+    slower in measurements on a loaded 2-core machine. The result does not depend on it.
+    """
+    want = threads if threads is not None else int(os.environ.get("NVC_THREADS", "1"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, want))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def default_device() -> torch.device:
     """CUDA when available (NVC_DEVICE=cpu forces the CPU); results are identical either way."""
     want = os.environ.get("NVC_DEVICE", "auto")
@@ -129,7 +145,14 @@ def default_device() -> torch.device:
 
 
 # --------------------------------------------------------------------------- encode
-def _choose_predictor(volume: np.ndarray, vmin: int, vmax: int, profile_name: str, progress: Progress) -> Predictor:
+def _choose_predictor(
+    volume: np.ndarray,
+    vmin: int,
+    vmax: int,
+    profile_name: str,
+    progress: Progress,
+    laid_out: tuple[SlabGeometry, np.ndarray],
+) -> Predictor:
     """The shipped model, or a copy fine-tuned on this volume when that pays for its weights."""
     profile = get_profile(profile_name)
     shipped = registry.current_model(profile_name)
@@ -140,9 +163,11 @@ def _choose_predictor(volume: np.ndarray, vmin: int, vmax: int, profile_name: st
     if steps <= 0 or volume.size < 4096:
         return base
     rng = np.random.default_rng(12345)
-    n_fit = int(min(profile.fit_samples, volume.size))
-    samples = sample_volume(volume, vmin, vmax, profile.slab_depth, n_fit, rng)
-    held = sample_volume(volume, vmin, vmax, profile.slab_depth, min(65536, volume.size), rng)
+    n_held = min(65536, volume.size // 4)
+    n_fit = int(min(profile.fit_samples, volume.size - n_held))
+    drawn = sample_volume(volume, vmin, vmax, profile.slab_depth, n_fit + n_held, rng, laid_out)
+    samples = drawn.subset(slice(0, n_fit))
+    held = drawn.subset(slice(n_fit, None))
     model = shipped.float_model()
     torch.manual_seed(0)
     fit(model, samples, steps, batch=profile.fit_batch, lr=1e-3,
@@ -155,60 +180,67 @@ def _choose_predictor(volume: np.ndarray, vmin: int, vmax: int, profile_name: st
 
 def estimate_bits(pred: Predictor, samples: Samples) -> float:
     """Total bits the coder would spend on these sample voxels (table cost + extra bits)."""
-    from codec.context import Features
-
-    feats = Features(
-        inputs=samples.inputs.numpy().astype(np.int32),
-        ref=samples.ref.numpy().astype(np.int64),
-        divisor=samples.divisor.numpy().astype(np.int64),
-        bucket=samples.bucket.numpy().astype(np.int32),
-    )
-    vmin, vmax = int(samples.vmin[0]), int(samples.vmax[0])
+    feats = samples.features()
+    vmin, vmax = int(samples.aux[0, 4]), int(samples.aux[0, 5])
     out = pred.net.forward(feats.inputs)
     mu, keys = coding_params(out, feats, vmin, vmax)
-    tokens, nbits, _ = tokenize(samples.x.numpy().astype(np.int64) - mu)
+    tokens, nbits, _ = tokenize(samples.x - mu)
     return float(pred.tables.cost_bits[keys, tokens].sum() + nbits.sum())
 
 
 def encode_volume(
-    volume: np.ndarray, *, vmin: int, vmax: int, profile: str = "default", progress: Progress = None
+    volume: np.ndarray,
+    *,
+    vmin: int,
+    vmax: int,
+    profile: str = "default",
+    progress: Progress = None,
+    threads: int | None = None,
+    device: torch.device | None = None,
 ) -> EncodedVolume:
     """Code a (Z, Y, X) int32 volume with values in [vmin, vmax]."""
+    with torch_threads(threads):
+        return _encode_volume(volume, vmin, vmax, profile, progress, device)
+
+
+def _encode_volume(
+    volume: np.ndarray, vmin: int, vmax: int, profile: str, progress: Progress, device: torch.device | None
+) -> EncodedVolume:
     if volume.ndim != 3 or volume.size == 0:
         raise UnsupportedInputError(f"engine expects a non-empty (Z, Y, X) volume, got shape {volume.shape}")
     if not 0 <= vmax - vmin <= 65535:
         raise UnsupportedInputError(f"value range [{vmin}, {vmax}] spans more than 16 bits")
     volume = np.ascontiguousarray(volume, dtype=np.int32)
     prof = get_profile(profile)
-    pred = _choose_predictor(volume, vmin, vmax, profile, progress)
     slabs = slab_bounds(volume.shape[0], prof.slab_depth)
     geometry, buffer = load_into_buffer(volume, slabs, vmin)
-    device = default_device()
+    pred = _choose_predictor(volume, vmin, vmax, profile, progress, (geometry, buffer))
+    device = device or default_device()
 
     # 1. every voxel's coding parameters at once (the encoder knows all values)
     keys = np.zeros(geometry.total_size, dtype=np.int32)
     tokens = np.zeros(geometry.total_size, dtype=np.int32)
     nbits = np.zeros(geometry.total_size, dtype=np.int32)
     extra = np.zeros(geometry.total_size, dtype=np.int32)
-    offsets = geometry.offsets
     cache: dict = {}
     Y, X = geometry.height, geometry.width
-    per_slice = Y * X
-    todo = [(s, z) for s, d in enumerate(geometry.depths) for z in range(d)]
-    slices_per_chunk = max(1, ENCODE_CHUNK // per_slice)
-    yy, xx = np.meshgrid(np.arange(Y), np.arange(X), indexing="ij")
-    yy, xx = yy.ravel(), xx.ravel()
-    for c0 in range(0, len(todo), slices_per_chunk):
-        group = todo[c0 : c0 + slices_per_chunk]
-        index = np.concatenate([geometry.voxel_index(s, np.full(per_slice, z), yy, xx) for s, z in group])
-        first = np.concatenate([np.full(per_slice, z == 0) for s, z in group])
-        feats = compute_features(buffer, index, offsets, first, vmin, vmax)
-        out = pred.net.forward(feats.inputs, device, cache)
-        mu, k = coding_params(out, feats, vmin, vmax)
-        t, nb, ex = tokenize(buffer[index].astype(np.int64) - mu)
-        keys[index], tokens[index], nbits[index], extra[index] = k, t, nb, ex
-        if progress:
-            progress(0.4 + 0.4 * (c0 + len(group)) / len(todo))
+    n_slices = sum(geometry.depths)
+    done = 0
+    for s, depth in enumerate(geometry.depths):
+        base = int(geometry.bases[s])
+        block = buffer[base : base + geometry.slab_size(depth)].reshape(depth + PAD_Z, -1, geometry.row_stride)
+        x0 = np.arange(X)
+        for z in range(depth):
+            index = (geometry.voxel_index(s, np.full((Y, 1), z), np.arange(Y)[:, None], x0[None, :])).ravel()
+            nb = slice_neighbours(block, z, Y, X)
+            feats = compute_features(nb, np.full(len(index), z == 0), vmin, vmax)
+            out = pred.net.forward(feats.inputs, device, cache)
+            mu, k = coding_params(out, feats, vmin, vmax)
+            t, nb_, ex = tokenize(buffer[index].astype(np.int64) - mu)
+            keys[index], tokens[index], nbits[index], extra[index] = k, t, nb_, ex
+            done += 1
+            if progress:
+                progress(0.4 + 0.4 * done / n_slices)
 
     # 2. emit symbols in the decoder's order
     encoders = [constriction.stream.queue.RangeEncoder() for _ in slabs]
@@ -235,8 +267,23 @@ def decode_slabs(
     vmin: int,
     vmax: int,
     progress: Progress = None,
+    threads: int | None = None,
+    device: torch.device | None = None,
 ) -> list[np.ndarray]:
     """Decode independently coded slabs (all at once, one wavefront) into int32 (z, y, x) arrays."""
+    with torch_threads(threads):
+        return _decode_slabs(model_blob, payloads, shapes, vmin, vmax, progress, device)
+
+
+def _decode_slabs(
+    model_blob: bytes,
+    payloads: Sequence[bytes],
+    shapes: Sequence[tuple[int, int, int]],
+    vmin: int,
+    vmax: int,
+    progress: Progress,
+    device: torch.device | None,
+) -> list[np.ndarray]:
     if len(payloads) != len(shapes):
         raise FormatError("number of slab payloads and shapes differ")
     if not payloads:
@@ -262,12 +309,12 @@ def decode_slabs(
     buffer = geometry.new_buffer(vmin)
     decoders = [constriction.stream.queue.RangeDecoder(np.frombuffer(p, dtype=np.uint32).copy()) for p in payloads]
     offsets = geometry.offsets
-    device = default_device()
+    device = device or default_device()
     cache: dict = {}
     wave = Wavefront(geometry)
     for i, step in enumerate(wave.steps()):
         idx = step.index
-        feats = compute_features(buffer, idx, offsets, step.first_slice, vmin, vmax)
+        feats = compute_features(gather_neighbours(buffer, idx, offsets), step.first_slice, vmin, vmax)
         out = pred.net.forward(feats.inputs, device, cache)
         mu, keys = coding_params(out, feats, vmin, vmax)
         values = np.empty(len(idx), dtype=np.int64)

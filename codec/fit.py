@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from codec.context import SlabGeometry, compute_features
+from codec.context import Features, SlabGeometry, compute_features, gather_neighbours
 from codec.entropy import BASE_SCALE, N_CLASSES
 from codec.network import FloatMLP
 
@@ -25,25 +25,33 @@ LN2 = math.log(2.0)
 
 @dataclass
 class Samples:
-    """Training samples: integer features and what the loss needs, as torch tensors."""
+    """Training samples: network inputs plus, per voxel, (ref, divisor, bucket, x, vmin, vmax)."""
 
     inputs: torch.Tensor  # float32 (n, N_INPUTS), integer valued
-    ref: torch.Tensor  # float64
-    divisor: torch.Tensor
-    bucket: torch.Tensor
-    x: torch.Tensor
-    vmin: torch.Tensor
-    vmax: torch.Tensor
+    aux: torch.Tensor  # float32 (n, 6)
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.inputs)
 
     def subset(self, idx: torch.Tensor) -> "Samples":
-        return Samples(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+        return Samples(self.inputs[idx], self.aux[idx])
 
     @staticmethod
     def concat(parts: list["Samples"]) -> "Samples":
-        return Samples(*(torch.cat([getattr(p, f) for p in parts]) for f in Samples.__dataclass_fields__))
+        return Samples(torch.cat([p.inputs for p in parts]), torch.cat([p.aux for p in parts]))
+
+    def features(self) -> Features:
+        aux = self.aux.numpy()
+        return Features(
+            inputs=self.inputs.numpy(),
+            ref=aux[:, 0].astype(np.int64),
+            divisor=aux[:, 1].astype(np.int64),
+            bucket=aux[:, 2].astype(np.int32),
+        )
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.aux[:, 3].numpy().astype(np.int64)
 
 
 def slab_bounds(depth: int, slab_depth: int) -> list[tuple[int, int]]:
@@ -60,12 +68,20 @@ def load_into_buffer(volume: np.ndarray, slabs: list[tuple[int, int]], vmin: int
 
 
 def sample_volume(
-    volume: np.ndarray, vmin: int, vmax: int, slab_depth: int, n: int, rng: np.random.Generator
+    volume: np.ndarray,
+    vmin: int,
+    vmax: int,
+    slab_depth: int,
+    n: int,
+    rng: np.random.Generator,
+    laid_out: tuple[SlabGeometry, np.ndarray] | None = None,
 ) -> Samples:
-    """Features of `n` voxels drawn uniformly from the volume, as coded with slabs of slab_depth."""
+    """Features of `n` voxels drawn uniformly from the volume, as coded with slabs of slab_depth.
+
+    `laid_out` is the volume already in its padded slab buffer (saves a copy of the volume).
+    """
     Z, Y, X = volume.shape
-    slabs = slab_bounds(Z, slab_depth)
-    geometry, buffer = load_into_buffer(volume, slabs, vmin)
+    geometry, buffer = laid_out or load_into_buffer(volume, slab_bounds(Z, slab_depth), vmin)
     n = min(n, volume.size)
     flat = rng.choice(volume.size, size=n, replace=False) if n < volume.size else np.arange(volume.size)
     z, rem = np.divmod(flat, Y * X)
@@ -73,17 +89,11 @@ def sample_volume(
     slab = z // slab_depth
     zl = z - slab * slab_depth
     index = geometry.bases[slab] + geometry.voxel_index(0, zl, y, x) - geometry.bases[0]
-    feats = compute_features(buffer, index, geometry.offsets, zl == 0, vmin, vmax)
-    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
-    return Samples(
-        inputs=torch.as_tensor(feats.inputs, dtype=torch.float32),
-        ref=t(feats.ref),
-        divisor=t(feats.divisor),
-        bucket=t(feats.bucket),
-        x=t(volume.reshape(-1)[flat]),
-        vmin=torch.full((n,), float(vmin), dtype=torch.float64),
-        vmax=torch.full((n,), float(vmax), dtype=torch.float64),
+    feats = compute_features(gather_neighbours(buffer, index, geometry.offsets), zl == 0, vmin, vmax)
+    aux = np.stack(
+        [feats.ref, feats.divisor, feats.bucket, volume.reshape(-1)[flat], np.full(n, vmin), np.full(n, vmax)], axis=1
     )
+    return Samples(torch.from_numpy(feats.inputs), torch.as_tensor(aux, dtype=torch.float32))
 
 
 def _round_st(v: torch.Tensor) -> torch.Tensor:
@@ -92,17 +102,16 @@ def _round_st(v: torch.Tensor) -> torch.Tensor:
 
 def code_length_bits(out: torch.Tensor, s: Samples) -> torch.Tensor:
     """Bits per voxel the coder spends, as a differentiable function of the network output."""
-    out = out.double()
-    mu = s.ref + out[:, 0] * s.divisor / 64.0
+    ref, divisor, bucket, x, vmin, vmax = s.aux.unbind(1)
+    mu = ref + out[:, 0] * divisor / 64.0
     mu = _round_st(mu)
-    mu = torch.maximum(torch.minimum(mu, s.vmax), s.vmin)
-    cls = torch.clamp(_round_st(s.bucket + out[:, 1]), 0, N_CLASSES - 1)
+    mu = torch.maximum(torch.minimum(mu, vmax), vmin)
+    cls = torch.clamp(_round_st(bucket + out[:, 1]), 0, N_CLASSES - 1)
     b = BASE_SCALE * torch.exp2(cls / 4.0)
-    r = s.x - mu
-    a = r.abs()
+    a = (x - mu).abs()
     log_zero = torch.log(-torch.expm1(-0.5 / b))
     log_tail = math.log(0.5) - (a - 0.5) / b + torch.log(-torch.expm1(-1.0 / b))
-    at_end = (mu <= s.vmin) | (mu >= s.vmax)
+    at_end = (mu <= vmin) | (mu >= vmax)
     log_zero_folded = torch.log1p(-0.5 * torch.exp(-0.5 / b))
     logp = torch.where(a < 0.5, torch.where(at_end, log_zero_folded, log_zero), log_tail)
     return -logp / LN2
