@@ -61,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "else the job's SHA-256 (default auto)")
         parser.add_argument("--force", action="store_true", help="redo files even when the manifest says they are done")
         parser.add_argument("--timeout", type=float, default=None, metavar="S", help="give up on a job after S seconds")
+        parser.add_argument("--retries", type=int, default=5, metavar="N",
+                            help="retries of a request after connection errors, 429 and 503 (default 5)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars (one line per finished file)")
         parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
         if action == "compress":
@@ -343,10 +345,12 @@ def print_summary(summary: dict[str, Any], stream: TextIO) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nvc.cli import CLIError
-    from nvc.sdk import Client
+    from nvc.sdk import Client, RetryPolicy
 
     if args.jobs < 1:
         raise CLIError("-j must be at least 1")
+    if args.retries < 0:
+        raise CLIError("--retries must not be negative")
     action = args.action
     fmt = getattr(args, "fmt", "nii.gz")
     options = {"profile": args.profile} if action == "compress" else {"format": fmt}
@@ -373,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(todo, err, bars)
     by_source = {str(i.source): i for i in todo}
     results = []
-    client = Client(args.server, api_key=args.api_key)
+    client = Client(args.server, api_key=args.api_key, retry=RetryPolicy(max_attempts=args.retries + 1))
     try:
         outputs = {i.source: i.output for i in todo}
         kwargs = dict(concurrency=args.jobs, output_for=outputs.__getitem__, verify=args.verify,
