@@ -167,6 +167,7 @@ def cmd_decompress(args) -> int:
         elif sys.stdout.isatty():
             raise CLIError("refusing to write volume data to a terminal (use -o FILE)")
         fmt_name = args.format or (output_format(out) if out != "-" else ("nii" if container.source_kind else "npy"))
+        source.seek(0)
         with progress_bar(args.quiet, "decompress") as progress:
             dec = read(source, progress=progress)
     finally:
