@@ -118,3 +118,8 @@ def test_real_volume_through_the_cli_and_partial_decode(tmp_path):
     assert d["bits_per_voxel"] < 16 and d["slab_count"] >= 2
     part = codec.decode(packed.read_bytes(), slices=(40, 47))
     assert part.dtype == np.uint16 and np.array_equal(part, va[:, :, 40:47])
+
+
+def test_train_options_are_passed_through():
+    p = nvc("train", "--help")
+    assert b"usage: nvc train" in p.stdout and b"--steps" in p.stdout

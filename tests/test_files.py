@@ -195,3 +195,20 @@ def test_unknown_output_extension(tmp_path):
     with pytest.raises(UnsupportedInputError, match="output format"):
         decompress_file(nvc, tmp_path / "out.tiff")
     assert not (tmp_path / "out.tiff").exists()
+
+
+def test_hostile_stored_nifti_header_is_a_format_error(tmp_path):
+    """An .nvc whose SRCH chunk holds junk still decodes as an array, but refuses to write a .nii."""
+    a = (np.arange(5 * 4 * 3).reshape(5, 4, 3) % 9).astype(np.uint8)
+    good = codec.encode(a)
+    from codec import format as fmt
+
+    c, _ = fmt.parse(good)
+    forged = fmt.build(c.header, [(v.vmin, v.vmax, v.base, v.model, [(s.z0, s.z1, s.voxel_crc) for s in v.slabs],
+                                   [bytes(good[s.offset + 12 : s.offset + 12 + s.length]) for s in v.slabs])
+                                  for v in c.volumes], c.models, source_kind="nifti1", source_header=b"\x5c\x01" + b"\0" * 400)
+    assert np.array_equal(codec.decode(forged), a)
+    (tmp_path / "f.nvc").write_bytes(forged)
+    with pytest.raises(codec.FormatError, match="NIfTI header"):
+        decompress_file(tmp_path / "f.nvc", tmp_path / "f.nii")
+    assert np.array_equal(np.load(decompress_file(tmp_path / "f.nvc", tmp_path / "f.npy")), a)

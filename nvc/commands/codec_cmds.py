@@ -62,6 +62,13 @@ def register(subparsers) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=cmd_bench)
 
+    # `nvc train` belongs to codec/train.py, which imports torch: its options are parsed there, so
+    # registering it here costs nothing (every argument after `train` is passed through verbatim).
+    p = subparsers.add_parser("train", help="train and ship the coding models (nvc train --help)",
+                              add_help=False, prefix_chars="\x00")
+    p.add_argument("argv", nargs="*")
+    p.set_defaults(handler=cmd_train)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
@@ -242,3 +249,9 @@ def cmd_bench(args) -> int:
     from nvc import bench
 
     return bench.main(args)
+
+
+def cmd_train(args) -> int:
+    from codec import train
+
+    return int(train.main(args.argv) or 0)
