@@ -100,6 +100,38 @@ def install(app: FastAPI) -> None:
             422, _describe_validation(errors), slug="invalid-request", instance=request.url.path, errors=errors
         )
 
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from app.storage import StorageError
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("redis unreachable on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(
+            503, "the job store (Redis) is not reachable; try again shortly", slug="redis-unavailable",
+            instance=request.url.path, headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(StorageError)
+    async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("storage failed on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(
+            503, "object storage is not reachable; try again shortly", slug="storage-unavailable",
+            instance=request.url.path, headers={"Retry-After": "5"},
+        )
+
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        @app.exception_handler(BotoCoreError)
+        @app.exception_handler(ClientError)
+        async def _s3_down(request: Request, exc: Exception) -> JSONResponse:
+            return await _storage_down(request, exc)
+    except ImportError:  # boto3 is only needed for the S3 backend
+        pass
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)

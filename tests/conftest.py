@@ -198,10 +198,16 @@ class ServiceStack:
                    what="API /readyz")
         return self.url
 
-    def start_worker(self, name: str = "test") -> subprocess.Popen:
+    def start_worker(self, name: str = "test", via_cli: bool = False) -> subprocess.Popen:
+        """A Celery worker process; `via_cli`: through `nvc worker` (its supervisor), as compose runs it."""
         from nvc.commands.serve import worker_command
 
-        cmd = worker_command(f"{name}@%h", [self.settings.gpu_queue, self.settings.cpu_queue], "info")
+        queues = [self.settings.gpu_queue, self.settings.cpu_queue]
+        if via_cli:
+            cmd = [sys.executable, "-m", "nvc.cli", "worker", "--cpu", "--queues", ",".join(queues),
+                   "--shutdown-grace", "10"]
+        else:
+            cmd = worker_command(f"{name}@%h", queues, "info")
         self.worker_proc = self._spawn(cmd, f"worker-{name}")
         return self.worker_proc
 

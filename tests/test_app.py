@@ -353,3 +353,25 @@ def test_web_page_is_mounted_when_present(tmp_path):
     bare = FastAPI()
     mount_static(bare, tmp_path / "absent")
     assert [r.path for r in bare.routes if getattr(r, "path", "") == "/"] == []
+
+
+def test_unreachable_redis_is_503_not_500(service_settings, small_volume):
+    from conftest import free_port
+
+    settings = service_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/compress", content=npy_bytes(small_volume), headers={"Idempotency-Key": "x"})
+        body = assert_problem(answer, 503)
+        assert "Redis" in body["detail"] and answer.headers["retry-after"] == "5"
+        assert_problem(client.get("/jobs/" + "a" * 32), 503)
+
+
+def test_unreachable_storage_is_503(service_settings, small_volume):
+    settings = service_settings.model_copy(
+        update={"storage_backend": "s3", "s3_endpoint_url": "http://127.0.0.1:9", "s3_access_key": "a",
+                "s3_secret_key": "b"}
+    )
+    with TestClient(create_app(settings)) as client:
+        body = assert_problem(client.post("/compress", content=npy_bytes(small_volume)), 503)
+        assert "storage" in body["detail"]
+        assert client.get("/readyz").json()["checks"]["storage"].startswith("unreachable")

@@ -91,7 +91,7 @@ def test_real_volume_round_trip_through_the_api(service_settings, make_stack, re
 
 def test_s3_backend_round_trip_with_presigned_download(s3_settings, make_stack, small_volume):
     stack = make_stack(s3_settings)
-    stack.start_worker()
+    stack.start_worker(via_cli=True)  # `nvc worker`, the compose worker command
     url = stack.start_api()
     with httpx.Client(base_url=url, timeout=60) as client:
         payload = npy_bytes(small_volume)

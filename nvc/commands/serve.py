@@ -54,6 +54,8 @@ def register(subparsers) -> None:
     p.add_argument("--gpus", type=int, default=None, help="use at most this many GPUs")
     p.add_argument("--processes", type=int, default=1, help="CPU worker processes (default 1)")
     p.add_argument("--queues", default=None, help="comma-separated queues (default: by device)")
+    p.add_argument("--shutdown-grace", type=float, default=600.0,
+                   help="seconds a stopping worker may spend finishing its job (default 600)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=worker)
 
@@ -293,7 +295,7 @@ def worker(args: argparse.Namespace) -> int:
             if all(p is None for p in supervisor.procs):  # every worker gave up
                 return 1
     finally:
-        supervisor.stop(grace=float(os.environ.get("NVC_WORKER_SHUTDOWN_SECONDS", "600")))
+        supervisor.stop(grace=args.shutdown_grace)
     return 0
 
 
