@@ -343,4 +343,19 @@ def info(data) -> dict:
         "bits_per_voxel": 8 * container.file_length / voxels,
         "compression_ratio": voxels * h.dtype.itemsize / container.file_length,
         "sha256": h.sha256.hex(),
+        "sha256_layout": "voxels in NIfTI order (x fastest, then y, z, t), little-endian, original dtype",
     }
+
+
+def voxel_sha256(array: np.ndarray) -> str:
+    """The SHA-256 that ``info(data)["sha256"]`` reports for `array` (canonical layout, docs/format.md).
+
+    Computed volume by volume and slice block by slice block, so no full copy is made.
+    """
+    array = vol.check_array(array)
+    sha = hashlib.sha256()
+    for _, v in vol.iter_volumes(array):
+        zyx = v.transpose(2, 1, 0)
+        for z0 in range(0, zyx.shape[0], _HASH_SLICES):
+            sha.update(vol.canonical_bytes(zyx[z0 : z0 + _HASH_SLICES]))
+    return sha.hexdigest()
