@@ -284,6 +284,7 @@ def decode(data, *, slices=None, progress: Progress = None) -> np.ndarray:
 
     `slices`: a range, slice or (start, stop) along the slice axis (last axis of a 3-D volume);
     only the slabs that cover it are decoded. A full decode checks the SHA-256 of all voxels.
+    The array is Fortran-ordered (NIfTI's on-disk order, like nibabel's); values and dtype are exact.
     """
     return read(data, slices=slices, progress=progress).array
 
