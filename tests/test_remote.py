@@ -47,12 +47,28 @@ def test_walks_directories_keeps_the_layout_and_skips_what_is_done(server, tmp_p
     archive = tmp_path / "archive"
     tree(archive)
     out = tmp_path / "out"
-    args = ["remote", "compress", str(archive), "--server", server.url, "-j", "3", "-o", str(out),
-            "--verify", "sha256", "--json"]
+    args = [
+        "remote",
+        "compress",
+        str(archive),
+        "--server",
+        server.url,
+        "-j",
+        "3",
+        "-o",
+        str(out),
+        "--verify",
+        "sha256",
+        "--json",
+    ]
     code, summary, err = run_cli(args, capsys)
     assert code == 0, err
     assert summary["ok"] == 3 and summary["failed"] == 0 and summary["skipped"] == 0
-    expected = {"archive/a.nvc": "a.nii.gz", "archive/sub/b.nvc": "sub/b.nii", "archive/sub/deeper/c.nvc": "sub/deeper/c.npy"}
+    expected = {
+        "archive/a.nvc": "a.nii.gz",
+        "archive/sub/b.nvc": "sub/b.nii",
+        "archive/sub/deeper/c.nvc": "sub/deeper/c.npy",
+    }
     for result_path, source in expected.items():
         assert (out / result_path).read_bytes() == transform((archive / source).read_bytes())
     assert summary["bytes_in"] == 150_000 and summary["bytes_out"] == sum((out / p).stat().st_size for p in expected)
@@ -80,8 +96,9 @@ def test_failures_are_named_with_their_reason_and_the_exit_status_is_1(server, t
     good.write_bytes(b"G" * 10_000)
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"X" * 10_000)
-    code, summary, err = run_cli(["remote", "compress", str(good), str(broken), "--server", server.url,
-                                  "--verify", "sha256", "--json"], capsys)
+    code, summary, err = run_cli(
+        ["remote", "compress", str(good), str(broken), "--server", server.url, "--verify", "sha256", "--json"], capsys
+    )
     assert code == 1
     assert summary["ok"] == 1 and summary["failed"] == 1
     assert summary["failures"] == [{"path": str(broken), "error": summary["failures"][0]["error"]}]
@@ -93,8 +110,23 @@ def test_failures_are_named_with_their_reason_and_the_exit_status_is_1(server, t
 def test_decompress_writes_the_chosen_format_next_to_the_inputs(server, tmp_path, capsys):
     for name in ("x.nvc", "y.nvc"):
         (tmp_path / name).write_bytes(name.encode() * 1000)
-    code, summary, err = run_cli(["remote", "decompress", str(tmp_path), "--server", server.url, "--format", "npy",
-                                  "--verify", "sha256", "--json", "-j", "2"], capsys)
+    code, summary, err = run_cli(
+        [
+            "remote",
+            "decompress",
+            str(tmp_path),
+            "--server",
+            server.url,
+            "--format",
+            "npy",
+            "--verify",
+            "sha256",
+            "--json",
+            "-j",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["x.npy", "y.npy"]
     assert (tmp_path / "x.npy").read_bytes() == transform(b"x.nvc" * 1000)
@@ -119,7 +151,9 @@ def test_an_unreachable_server_fails_every_file_with_the_reason(tmp_path, capsys
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = main(["remote", "compress", str(tmp_path / "a.nii"), "--server", f"http://127.0.0.1:{port}", "--retries", "1"])
+    code = main(
+        ["remote", "compress", str(tmp_path / "a.nii"), "--server", f"http://127.0.0.1:{port}", "--retries", "1"]
+    )
     err = capsys.readouterr().err
     assert code == 1 and f"FAILED {tmp_path / 'a.nii'}" in err and "gave up after 2 attempts" in err
 
@@ -141,7 +175,9 @@ def test_works_with_only_the_client_extra_and_falls_back_to_the_jobs_sha256(serv
     (tmp_path / "scan.nii.gz").write_bytes(b"S" * 20_000)
     proc = subprocess.run(
         [sys.executable, "-c", BLOCKER, "remote", "compress", str(tmp_path), "--server", server.url, "--json"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
@@ -149,9 +185,21 @@ def test_works_with_only_the_client_extra_and_falls_back_to_the_jobs_sha256(serv
     # --verify decode cannot be honoured without the codec: the file fails, saying why
     (tmp_path / "other.nii").write_bytes(b"O" * 100)
     proc = subprocess.run(
-        [sys.executable, "-c", BLOCKER, "remote", "compress", str(tmp_path / "other.nii"), "--server", server.url,
-         "--verify", "decode"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            BLOCKER,
+            "remote",
+            "compress",
+            str(tmp_path / "other.nii"),
+            "--server",
+            server.url,
+            "--verify",
+            "decode",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1 and "needs the codec installed" in proc.stderr
 

@@ -94,8 +94,21 @@ def test_batch_round_trip_through_a_live_server(live, archive, tmp_path, capsys)
     code, again, err = cli(args, capsys)
     assert code == 0 and again["skipped"] == 3 and again["ok"] == 0
 
-    code, back, err = cli(["remote", "decompress", str(packed / root.name), "--server", live.url, "-j", "2",
-                           "-o", str(restored), "--json"], capsys)
+    code, back, err = cli(
+        [
+            "remote",
+            "decompress",
+            str(packed / root.name),
+            "--server",
+            live.url,
+            "-j",
+            "2",
+            "-o",
+            str(restored),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert back["ok"] == 3 and back["verified"] == {"sha256+decoded=result": 3}
     for name, volume in volumes.items():
@@ -109,8 +122,20 @@ def test_a_damaged_input_fails_with_the_servers_reason(live, archive, tmp_path, 
     root, _ = archive
     damaged = tmp_path / "damaged.nii.gz"
     damaged.write_bytes(gzip.compress((root / "mr/brain.nii").read_bytes()[:200]))  # header cut short
-    code, summary, err = cli(["remote", "compress", str(damaged), str(root / "mr/raw.npy"), "--server", live.url,
-                              "-o", str(tmp_path / "out"), "--json"], capsys)
+    code, summary, err = cli(
+        [
+            "remote",
+            "compress",
+            str(damaged),
+            str(root / "mr/raw.npy"),
+            "--server",
+            live.url,
+            "-o",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 1
     assert summary["ok"] == 1 and summary["failed"] == 1
     failure = summary["failures"][0]

@@ -49,6 +49,7 @@ def volume(tmp_path) -> Path:
 
 # -- import weight ------------------------------------------------------------------------
 
+
 def test_importing_the_sdk_and_remote_cli_pulls_in_nothing_heavy():
     code = (
         "import sys, nvc.sdk, nvc.commands.remote; "
@@ -60,6 +61,7 @@ def test_importing_the_sdk_and_remote_cli_pulls_in_nothing_heavy():
 
 
 # -- retries --------------------------------------------------------------------------------
+
 
 def test_503_then_202_retries_with_the_same_idempotency_key_and_makes_one_job(server, volume):
     server.faults["POST /compress"] = ["503", "503"]
@@ -146,6 +148,7 @@ def test_retry_after_and_backoff_arithmetic():
 
 # -- jobs, waiting, downloads ------------------------------------------------------------
 
+
 def test_compress_wait_download_round_trip(server, volume, tmp_path):
     events = []
     with Client(server.url, retry=FAST, poll_interval=0.01) as client:
@@ -155,7 +158,10 @@ def test_compress_wait_download_round_trip(server, volume, tmp_path):
     assert done.state is JobState.succeeded and done.progress == 1.0 and done.bits_per_voxel == 2.5
     assert out.read_bytes() == transform(volume.read_bytes())
     assert hashlib.sha256(out.read_bytes()).hexdigest() == done.output_sha256
-    assert events[0][1] == volume.stat().st_size and events[len([e for e in events if isinstance(e, tuple)]) - 1][0] == volume.stat().st_size
+    assert (
+        events[0][1] == volume.stat().st_size
+        and events[len([e for e in events if isinstance(e, tuple)]) - 1][0] == volume.stat().st_size
+    )
     assert JobState.running in events and JobState.succeeded in events
     assert not list(tmp_path.glob("*.part"))
 
@@ -215,6 +221,7 @@ def test_wait_raises_on_failure_and_on_timeout(server, tmp_path):
 
 # -- batches ------------------------------------------------------------------------------
 
+
 def make_inputs(folder: Path, names: list[str]) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -231,8 +238,11 @@ def test_compress_many_yields_in_completion_order_and_reports_failures(server, t
     server.faults["POST /compress"] = ["503", "drop"]
     events = []
     with Client(server.url, retry=FAST, poll_interval=0.01) as client:
-        results = list(client.compress_many(paths, concurrency=3, dest_dir=tmp_path / "out", verify="sha256",
-                                            on_progress=events.append))
+        results = list(
+            client.compress_many(
+                paths, concurrency=3, dest_dir=tmp_path / "out", verify="sha256", on_progress=events.append
+            )
+        )
     assert len(results) == 5
     assert results[-1].source.name == "slow.nii.gz"  # submitted first, finished last
     by_name = {r.source.name: r for r in results}
@@ -283,6 +293,7 @@ def test_decompress_many_names_outputs_by_format(server, tmp_path):
 
 # -- async ----------------------------------------------------------------------------------
 
+
 def test_async_client_retries_503_then_202_and_round_trips(server, volume, tmp_path):
     server.faults["POST /compress"] = ["503", "drop"]
 
@@ -306,8 +317,9 @@ def test_async_compress_many_overlaps_and_yields_as_finished(server, tmp_path):
 
     async def main():
         async with AsyncClient(server.url, retry=FAST, poll_interval=0.01) as client:
-            return [r async for r in client.compress_many(paths, concurrency=4, dest_dir=tmp_path / "out",
-                                                           verify="sha256")]
+            return [
+                r async for r in client.compress_many(paths, concurrency=4, dest_dir=tmp_path / "out", verify="sha256")
+            ]
 
     results = asyncio.run(main())
     assert [r.source.name for r in results][-1] == "slow.nii.gz"
@@ -332,10 +344,19 @@ def test_async_errors_match_the_sync_ones(server, tmp_path):
 
 
 def test_job_model_accepts_the_services_schema_and_unknown_fields():
-    job = Job.model_validate({
-        "id": "ab" * 16, "kind": "compress", "state": "succeeded", "progress": 1, "input_size": 1000,
-        "output_size": 250, "shape": [4, 5, 6], "created_at": "2025-01-01T00:00:00Z", "new_field": 1,
-    })
+    job = Job.model_validate(
+        {
+            "id": "ab" * 16,
+            "kind": "compress",
+            "state": "succeeded",
+            "progress": 1,
+            "input_size": 1000,
+            "output_size": 250,
+            "shape": [4, 5, 6],
+            "created_at": "2025-01-01T00:00:00Z",
+            "new_field": 1,
+        }
+    )
     assert job.ratio == 4.0 and job.voxels == 120 and job.done and job.new_field == 1
 
 
@@ -355,6 +376,13 @@ def test_sdk_models_match_the_services_openapi_schema():
     assert set(schemas["ProblemDetails"]["properties"]) <= set(Problem.model_fields)
     # a document built from the schema's example-like values validates
     sample = {name: None for name in job["properties"]}
-    sample.update(id="0" * 32, kind="compress", state="queued", progress=0, created_at="2025-01-01T00:00:00Z",
-                  attempts=0, result_deleted=False)
+    sample.update(
+        id="0" * 32,
+        kind="compress",
+        state="queued",
+        progress=0,
+        created_at="2025-01-01T00:00:00Z",
+        attempts=0,
+        result_deleted=False,
+    )
     assert Job.model_validate(sample).state is JobState.queued

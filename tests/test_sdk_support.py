@@ -30,8 +30,8 @@ def transform(data: bytes) -> bytes:
 
 class FakeNVC:
     """A scripted stand-in for the NVC API. ``faults[route]`` is a list consumed per request:
-    ``"503"``, ``"429:<retry-after>"``, ``"409:<retry-after>"`` (same key still in progress), ``"drop"`` (close without answering), ``"drop-body"``
-    (start a result download, then cut it)."""
+    ``"503"``, ``"429:<retry-after>"``, ``"409:<retry-after>"`` (same key still in progress),
+    ``"drop"`` (close without answering), ``"drop-body"`` (start a result download, then cut it)."""
 
     def __init__(self, *, api_key: str | None = None, polls_to_finish: int = 2):
         self.api_key = api_key
@@ -88,8 +88,13 @@ class FakeNVC:
         h.wfile.write(data)
 
     def problem(self, h, status, detail, headers=None):
-        self.send_json(h, status, {"type": "about:blank", "title": "x", "status": status, "detail": detail},
-                       headers, media="application/problem+json")
+        self.send_json(
+            h,
+            status,
+            {"type": "about:blank", "title": "x", "status": status, "detail": detail},
+            headers,
+            media="application/problem+json",
+        )
 
     def read_body(self, h) -> bytes:
         length = int(h.headers.get("Content-Length") or 0)
@@ -120,10 +125,16 @@ class FakeNVC:
         route = f"{method} {re.sub(r'/jobs/[0-9a-f]+', '/jobs/{id}', path)}"
         body = self.read_body(h) if method == "POST" else b""
         with self.lock:
-            self.attempts.append({
-                "route": route, "time": time.monotonic(), "key": h.headers.get("Idempotency-Key"),
-                "auth": h.headers.get("Authorization"), "x_api_key": h.headers.get("X-API-Key"), "size": len(body),
-            })
+            self.attempts.append(
+                {
+                    "route": route,
+                    "time": time.monotonic(),
+                    "key": h.headers.get("Idempotency-Key"),
+                    "auth": h.headers.get("Authorization"),
+                    "x_api_key": h.headers.get("X-API-Key"),
+                    "size": len(body),
+                }
+            )
             script = self.faults.get(route) or []
             fault = script.pop(0) if script else None
         if fault == "drop":
@@ -134,8 +145,12 @@ class FakeNVC:
         if fault and fault.startswith("429"):
             return self.problem(h, 429, "slow down", {"Retry-After": fault.split(":", 1)[1]})
         if fault and fault.startswith("409"):
-            return self.problem(h, 409, "a request with this Idempotency-Key is still in progress",
-                                {"Retry-After": fault.split(":", 1)[1]})
+            return self.problem(
+                h,
+                409,
+                "a request with this Idempotency-Key is still in progress",
+                {"Retry-After": fault.split(":", 1)[1]},
+            )
         if self.api_key and path.startswith(("/compress", "/decompress", "/jobs")):
             if h.headers.get("Authorization") != f"Bearer {self.api_key}":
                 return self.problem(h, 401, "the API key is not valid")
@@ -171,11 +186,17 @@ class FakeNVC:
             job_id = uuid.uuid4().hex
             result = transform(data)
             job = {
-                "id": job_id, "kind": kind, "state": "queued", "progress": 0.0, "input_name": filename,
-                "input_size": len(data), "input_sha256": hashlib.sha256(data).hexdigest(),
+                "id": job_id,
+                "kind": kind,
+                "state": "queued",
+                "progress": 0.0,
+                "input_name": filename,
+                "input_size": len(data),
+                "input_sha256": hashlib.sha256(data).hexdigest(),
                 "profile": fields.get("profile") or (query.get("profile") or [None])[0],
                 "output_format": fields.get("format") or (query.get("format") or [None])[0],
-                "created_at": "2025-01-01T00:00:00Z", "_polls": 0,
+                "created_at": "2025-01-01T00:00:00Z",
+                "_polls": 0,
                 "_need": self.slow.get(filename, self.polls_to_finish),
                 "_fail": "broken" in filename,
             }
@@ -197,9 +218,14 @@ class FakeNVC:
                         job.update(state="failed", error="input is not a volume: bad header")
                     else:
                         result = self.results[job_id]
-                        job.update(state="succeeded", progress=1.0, output_size=len(result),
-                                   output_sha256=("0" * 64 if self.corrupt_sha else hashlib.sha256(result).hexdigest()),
-                                   bits_per_voxel=2.5, output_name=job["input_name"] + ".out")
+                        job.update(
+                            state="succeeded",
+                            progress=1.0,
+                            output_size=len(result),
+                            output_sha256=("0" * 64 if self.corrupt_sha else hashlib.sha256(result).hexdigest()),
+                            bits_per_voxel=2.5,
+                            output_name=job["input_name"] + ".out",
+                        )
                 else:
                     job.update(state="running", progress=job["_polls"] / job["_need"])
             running = sum(1 for j in self.jobs.values() if j["state"] == "running")

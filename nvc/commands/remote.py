@@ -30,11 +30,22 @@ from typing import Any, TextIO
 MANIFEST = ".nvc-remote.json"
 COMPRESS_SUFFIXES = (".nii.gz", ".nii", ".npy")
 DECOMPRESS_SUFFIXES = (".nvc",)
-DTYPE_BYTES = {"uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int32": 4, "float32": 4,
-               "uint64": 8, "int64": 8, "float64": 8}
+DTYPE_BYTES = {
+    "uint8": 1,
+    "int8": 1,
+    "uint16": 2,
+    "int16": 2,
+    "uint32": 4,
+    "int32": 4,
+    "float32": 4,
+    "uint64": 8,
+    "int64": 8,
+    "float64": 8,
+}
 
 
 # -- command line ----------------------------------------------------------------------------
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     remote = subparsers.add_parser(
@@ -47,33 +58,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.required = True
     for action in ("compress", "decompress"):
         what = "NIfTI (.nii/.nii.gz) or .npy volumes" if action == "compress" else ".nvc files"
-        parser = sub.add_parser(action, help=f"{action} {what} on the server",
-                                description=f"{action.capitalize()} {what} (files or directories) on an NVC server.")
+        parser = sub.add_parser(
+            action,
+            help=f"{action} {what} on the server",
+            description=f"{action.capitalize()} {what} (files or directories) on an NVC server.",
+        )
         parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (walked recursively)")
-        parser.add_argument("--server", default=os.environ.get("NVC_SERVER", "http://127.0.0.1:8000"),
-                            help="server URL (default: $NVC_SERVER or http://127.0.0.1:8000)")
-        parser.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="files in flight at once (default 4)")
-        parser.add_argument("-o", "--output-dir", type=Path, metavar="DIR",
-                            help="write results here, keeping the layout of walked directories (default: next to each input)")
+        parser.add_argument(
+            "--server",
+            default=os.environ.get("NVC_SERVER", "http://127.0.0.1:8000"),
+            help="server URL (default: $NVC_SERVER or http://127.0.0.1:8000)",
+        )
+        parser.add_argument(
+            "-j", "--jobs", type=int, default=4, metavar="N", help="files in flight at once (default 4)"
+        )
+        parser.add_argument(
+            "-o",
+            "--output-dir",
+            type=Path,
+            metavar="DIR",
+            help="write results here, keeping the layout of walked directories (default: next to each input)",
+        )
         parser.add_argument("--api-key", default=None, help="API key (default: $NVC_API_KEY)")
-        parser.add_argument("--verify", choices=("auto", "decode", "sha256", "none"), default="auto",
-                            help="how to check each result: auto = decode locally when the codec is installed, "
-                            "else the job's SHA-256 (default auto)")
+        parser.add_argument(
+            "--verify",
+            choices=("auto", "decode", "sha256", "none"),
+            default="auto",
+            help="how to check each result: auto = decode locally when the codec is installed, "
+            "else the job's SHA-256 (default auto)",
+        )
         parser.add_argument("--force", action="store_true", help="redo files even when the manifest says they are done")
         parser.add_argument("--timeout", type=float, default=None, metavar="S", help="give up on a job after S seconds")
-        parser.add_argument("--retries", type=int, default=5, metavar="N",
-                            help="retries of a request after connection errors, 429 and 503 (default 5)")
+        parser.add_argument(
+            "--retries",
+            type=int,
+            default=5,
+            metavar="N",
+            help="retries of a request after connection errors, 429 and 503 (default 5)",
+        )
         parser.add_argument("--no-progress", action="store_true", help="no progress bars (one line per finished file)")
         parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
         if action == "compress":
             parser.add_argument("--profile", default=None, help="codec profile (default: the server's)")
         else:
-            parser.add_argument("--format", dest="fmt", choices=("nii.gz", "nii", "npy"), default="nii.gz",
-                                help="output format (default nii.gz)")
+            parser.add_argument(
+                "--format",
+                dest="fmt",
+                choices=("nii.gz", "nii", "npy"),
+                default="nii.gz",
+                help="output format (default nii.gz)",
+            )
         parser.set_defaults(handler=run, action=action)
 
 
 # -- planning ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Item:
@@ -137,6 +176,7 @@ def sha256_of(path: Path) -> str:
 
 # -- manifest (what is already done) -----------------------------------------------------------
 
+
 class Manifest:
     """``.nvc-remote.json`` per output folder: output name -> input hash, options, output hash."""
 
@@ -178,8 +218,15 @@ class Manifest:
 
 # -- progress display --------------------------------------------------------------------------
 
-WEIGHTS = {"upload": (0.0, 0.15), "queued": (0.15, 0.0), "running": (0.15, 0.65), "download": (0.8, 0.12),
-           "verify": (0.92, 0.0), "done": (1.0, 0.0), "failed": (1.0, 0.0)}
+WEIGHTS = {
+    "upload": (0.0, 0.15),
+    "queued": (0.15, 0.0),
+    "running": (0.15, 0.65),
+    "download": (0.8, 0.12),
+    "verify": (0.92, 0.0),
+    "done": (1.0, 0.0),
+    "failed": (1.0, 0.0),
+}
 
 
 def _mb(n: float) -> str:
@@ -224,7 +271,11 @@ class Progress:
         with self.lock:
             detail = ""
             if event.stage in ("upload", "download") and event.done is not None:
-                detail = f"{event.done / 1e6:.1f}/{event.total / 1e6:.1f} MB" if event.total else f"{event.done / 1e6:.1f} MB"
+                detail = (
+                    f"{event.done / 1e6:.1f}/{event.total / 1e6:.1f} MB"
+                    if event.total
+                    else f"{event.done / 1e6:.1f} MB"
+                )
             elif event.stage == "running" and event.fraction is not None:
                 detail = f"job {event.fraction * 100:3.0f}%"
             self.state[event.source] = (event.stage, self._fraction(event.stage, event.fraction), detail)
@@ -262,12 +313,12 @@ class Progress:
             if stage in ("done", "failed"):
                 continue
             name = Path(source).name
-            name = name if len(name) <= name_width else "..." + name[-(name_width - 3):]
-            lines.append(f"  {name:<{name_width}} {stage:<8} {_bar(frac, 20)} {frac * 100:3.0f}% {detail}"[:width - 1])
+            name = name if len(name) <= name_width else "..." + name[-(name_width - 3) :]
+            lines.append(f"  {name:<{name_width}} {stage:<8} {_bar(frac, 20)} {frac * 100:3.0f}% {detail}"[: width - 1])
         overall = sum(self.sizes.get(s, 0) * st[1] for s, st in self.state.items()) / self.total
         lines.append(
             f"overall {_bar(overall, 30)} {overall * 100:3.0f}%  {self.finished}/{self.count} files  "
-            f"{_clock(time.monotonic() - self.start)}"[:width - 1]
+            f"{_clock(time.monotonic() - self.start)}"[: width - 1]
         )
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
@@ -275,6 +326,7 @@ class Progress:
 
 
 # -- summary -------------------------------------------------------------------------------------
+
 
 def summarize(action: str, results: list[Any], skipped: list[Item], wall: float) -> dict[str, Any]:
     ok = [r for r in results if r.ok]
@@ -300,7 +352,9 @@ def summarize(action: str, results: list[Any], skipped: list[Item], wall: float)
         "skipped": len(skipped),
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
-        "ratio": (bytes_in / bytes_out) if bytes_out and action == "compress" else ((bytes_out / bytes_in) if bytes_in else None),
+        "ratio": (bytes_in / bytes_out)
+        if bytes_out and action == "compress"
+        else ((bytes_out / bytes_in) if bytes_in else None),
         "raw_voxel_bytes": raw,
         "raw_ratio": (raw / nvc_total) if raw and nvc_total else None,
         "bits_per_voxel": (coded_bits / voxels) if voxels else None,
@@ -310,10 +364,18 @@ def summarize(action: str, results: list[Any], skipped: list[Item], wall: float)
         "verified": {},
         "failures": [{"path": str(r.source), "error": r.error} for r in failed],
         "results": [
-            {"path": str(r.source), "output": str(r.output) if r.output else None, "ok": r.ok, "error": r.error,
-             "job_id": r.job.id if r.job else None, "input_bytes": r.input_bytes, "output_bytes": r.output_bytes,
-             "bits_per_voxel": r.job.bits_per_voxel if r.job else None, "verified": r.verified,
-             "seconds": round(r.seconds, 3)}
+            {
+                "path": str(r.source),
+                "output": str(r.output) if r.output else None,
+                "ok": r.ok,
+                "error": r.error,
+                "job_id": r.job.id if r.job else None,
+                "input_bytes": r.input_bytes,
+                "output_bytes": r.output_bytes,
+                "bits_per_voxel": r.job.bits_per_voxel if r.job else None,
+                "verified": r.verified,
+                "seconds": round(r.seconds, 3),
+            }
             for r in results
         ],
     }
@@ -342,6 +404,7 @@ def print_summary(summary: dict[str, Any], stream: TextIO) -> None:
 
 
 # -- the command ---------------------------------------------------------------------------------
+
 
 def run(args: argparse.Namespace) -> int:
     from nvc.cli import CLIError
@@ -380,25 +443,44 @@ def run(args: argparse.Namespace) -> int:
     client = Client(args.server, api_key=args.api_key, retry=RetryPolicy(max_attempts=args.retries + 1))
     try:
         outputs = {i.source: i.output for i in todo}
-        kwargs = dict(concurrency=args.jobs, output_for=outputs.__getitem__, verify=args.verify,
-                      timeout=args.timeout, on_progress=progress.event)
-        batch = (client.compress_many([i.source for i in todo], profile=args.profile, **kwargs) if action == "compress"
-                 else client.decompress_many([i.source for i in todo], format=fmt, **kwargs))
+        kwargs = dict(
+            concurrency=args.jobs,
+            output_for=outputs.__getitem__,
+            verify=args.verify,
+            timeout=args.timeout,
+            on_progress=progress.event,
+        )
+        batch = (
+            client.compress_many([i.source for i in todo], profile=args.profile, **kwargs)
+            if action == "compress"
+            else client.decompress_many([i.source for i in todo], format=fmt, **kwargs)
+        )
         for result in batch:
             results.append(result)
             item = by_source[str(result.source)]
             if result.ok:
                 job = result.job
-                manifest.record(item, {
-                    "input_sha256": item.sha256, "input_size": result.input_bytes, "options": options,
-                    "output_sha256": result.output_sha256, "output_size": result.output_bytes,
-                    "job_id": job.id if job else None, "verified": result.verified,
-                    "bits_per_voxel": job.bits_per_voxel if job else None, "finished": time.time(),
-                })
-                ratio = f"{result.ratio:.2f}x" if result.ratio else ""
+                manifest.record(
+                    item,
+                    {
+                        "input_sha256": item.sha256,
+                        "input_size": result.input_bytes,
+                        "options": options,
+                        "output_sha256": result.output_sha256,
+                        "output_size": result.output_bytes,
+                        "job_id": job.id if job else None,
+                        "verified": result.verified,
+                        "bits_per_voxel": job.bits_per_voxel if job else None,
+                        "finished": time.time(),
+                    },
+                )
+                size_ratio = job.ratio if job is not None else None  # compress: in/out; decompress: out/in
+                ratio = f"{size_ratio:.2f}x" if size_ratio else ""
                 bpv = f"{job.bits_per_voxel:.3f} bpv" if job and job.bits_per_voxel is not None else ""
-                progress.line(f"ok   {result.source} -> {result.output}  {_mb(result.input_bytes)} -> "
-                              f"{_mb(result.output_bytes)} {ratio} {bpv} [{result.verified}] {result.seconds:.1f}s")
+                progress.line(
+                    f"ok   {result.source} -> {result.output}  {_mb(result.input_bytes)} -> "
+                    f"{_mb(result.output_bytes)} {ratio} {bpv} [{result.verified}] {result.seconds:.1f}s"
+                )
             else:
                 progress.line(f"FAIL {result.source}: {result.error}")
     finally:

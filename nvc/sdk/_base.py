@@ -92,11 +92,11 @@ class MultipartBody:
         head = b""
         for name, value in (fields or {}).items():
             head += (
-                f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{_quote(name)}\"\r\n\r\n{value}\r\n"
+                f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n{value}\r\n'
             ).encode()
         head += (
-            f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-            f"filename=\"{_quote(source.filename)}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            f'filename="{_quote(source.filename)}"\r\nContent-Type: application/octet-stream\r\n\r\n'
         ).encode()
         self.head = head
         self.tail = f"\r\n--{self.boundary}--\r\n".encode()

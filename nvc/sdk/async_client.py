@@ -52,7 +52,9 @@ class AsyncClient:
         self.retry = retry or RetryPolicy()
         self.poll_interval = poll_interval
         self.on_retry = on_retry
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self._timeout = (
+            timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        )
         self._verify_tls = verify_tls
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -95,7 +97,9 @@ class AsyncClient:
         while True:
             attempt += 1
             content, extra = body() if body else (None, {})
-            request = http.build_request(method, url, params=params, headers={**(headers or {}), **extra}, content=content)
+            request = http.build_request(
+                method, url, params=params, headers={**(headers or {}), **extra}, content=content
+            )
             try:
                 response = await http.send(request, stream=stream)
             except RETRYABLE_EXCEPTIONS as exc:
@@ -150,8 +154,14 @@ class AsyncClient:
         idempotency_key: str | None = None,
         on_upload: Callable[[int, int], None] | None = None,
     ) -> Job:
-        return await self._submit("/compress", source, _base.compress_params(profile), filename=filename,
-                                  idempotency_key=idempotency_key, on_upload=on_upload)
+        return await self._submit(
+            "/compress",
+            source,
+            _base.compress_params(profile),
+            filename=filename,
+            idempotency_key=idempotency_key,
+            on_upload=on_upload,
+        )
 
     async def decompress(
         self,
@@ -164,8 +174,14 @@ class AsyncClient:
     ) -> Job:
         if filename is None and isinstance(source, (bytes, bytearray, memoryview)):
             filename = "upload.nvc"
-        return await self._submit("/decompress", source, _base.decompress_params(format), filename=filename,
-                                  idempotency_key=idempotency_key, on_upload=on_upload)
+        return await self._submit(
+            "/decompress",
+            source,
+            _base.decompress_params(format),
+            filename=filename,
+            idempotency_key=idempotency_key,
+            on_upload=on_upload,
+        )
 
     async def get_job(self, job: Job | str) -> Job:
         return await self._get_job(_base.job_id(job))
@@ -252,7 +268,9 @@ class AsyncClient:
                 target.abort()
                 await response.aclose()
                 if attempt >= self.retry.max_attempts:
-                    raise NVCConnectionError(f"download of job {job_obj.id} failed: {exc} (after {attempt} attempts)") from exc
+                    raise NVCConnectionError(
+                        f"download of job {job_obj.id} failed: {exc} (after {attempt} attempts)"
+                    ) from exc
                 delay = self.retry.delay(attempt)
                 self._note_retry(attempt, f"download: {type(exc).__name__}", delay)
                 await self._sleep(delay)
@@ -295,7 +313,11 @@ class AsyncClient:
             else:
                 job = await self.decompress(source, format=params.get("format"), on_upload=on_upload)
             emit(job.state.value if not job.state.terminal else "running", job.progress, job=job)
-            job = await self.wait(job, timeout=timeout, on_update=lambda j: emit(j.state.value if not j.state.terminal else "running", j.progress, job=j))
+            job = await self.wait(
+                job,
+                timeout=timeout,
+                on_update=lambda j: emit(j.state.value if not j.state.terminal else "running", j.progress, job=j),
+            )
             emit("download", 0.0, done=0)
             path, size_out, sha = await self._download(
                 job, output, lambda got, total: emit("download", got / total if total else None, done=got, total=total)
@@ -308,16 +330,33 @@ class AsyncClient:
                 discard(path)
                 raise
             emit("done", 1.0, job=job)
-            return BatchResult(source=source, output=path, ok=True, job=job, input_bytes=size_in, output_bytes=size_out,
-                               output_sha256=sha, verified=how, seconds=time.monotonic() - start)
+            return BatchResult(
+                source=source,
+                output=path,
+                ok=True,
+                job=job,
+                input_bytes=size_in,
+                output_bytes=size_out,
+                output_sha256=sha,
+                verified=how,
+                seconds=time.monotonic() - start,
+            )
         except Exception as exc:
             message = describe_failure(exc)
             emit("failed", None, job=job, message=message)
-            return BatchResult(source=source, output=None, ok=False, job=job, error=message, input_bytes=size_in,
-                               seconds=time.monotonic() - start)
+            return BatchResult(
+                source=source,
+                output=None,
+                ok=False,
+                job=job,
+                error=message,
+                input_bytes=size_in,
+                seconds=time.monotonic() - start,
+            )
 
-    async def _many(self, plan: Iterator[tuple[Path, Path]], kind, params, *, concurrency, verify, timeout,
-                    on_progress) -> AsyncIterator[BatchResult]:
+    async def _many(
+        self, plan: Iterator[tuple[Path, Path]], kind, params, *, concurrency, verify, timeout, on_progress
+    ) -> AsyncIterator[BatchResult]:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -326,8 +365,11 @@ class AsyncClient:
         async def worker() -> None:
             try:
                 for source, output in plan:  # one shared iterator: each file is taken once
-                    queue.put_nowait(await self._run_one(kind, source, output, params, verify=verify,
-                                                         timeout=timeout, on_progress=on_progress))
+                    queue.put_nowait(
+                        await self._run_one(
+                            kind, source, output, params, verify=verify, timeout=timeout, on_progress=on_progress
+                        )
+                    )
             except Exception as exc:  # a bad plan (e.g. output_for raised): surface it
                 queue.put_nowait(exc)
             finally:
@@ -363,8 +405,15 @@ class AsyncClient:
     ) -> AsyncIterator[BatchResult]:
         """Async iterator of ``BatchResult`` in completion order (see ``Client.compress_many``)."""
         plan = plan_compress(paths, dest_dir=dest_dir, output_for=output_for)
-        return self._many(plan, "compress", {"profile": profile}, concurrency=concurrency, verify=verify,
-                          timeout=timeout, on_progress=on_progress)
+        return self._many(
+            plan,
+            "compress",
+            {"profile": profile},
+            concurrency=concurrency,
+            verify=verify,
+            timeout=timeout,
+            on_progress=on_progress,
+        )
 
     def decompress_many(
         self,
@@ -381,5 +430,12 @@ class AsyncClient:
         """Async iterator of ``BatchResult`` for ``.nvc`` inputs (see ``Client.decompress_many``)."""
         _base.decompress_params(format)
         plan = plan_decompress(paths, dest_dir=dest_dir, output_for=output_for, fmt=format)
-        return self._many(plan, "decompress", {"format": format}, concurrency=concurrency, verify=verify,
-                          timeout=timeout, on_progress=on_progress)
+        return self._many(
+            plan,
+            "decompress",
+            {"format": format},
+            concurrency=concurrency,
+            verify=verify,
+            timeout=timeout,
+            on_progress=on_progress,
+        )

@@ -73,7 +73,9 @@ class Client:
         self.retry = retry or RetryPolicy()
         self.poll_interval = poll_interval
         self.on_retry = on_retry
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self._timeout = (
+            timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        )
         self._verify_tls = verify_tls
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -115,7 +117,9 @@ class Client:
         while True:
             attempt += 1
             content, extra = body() if body else (None, {})
-            request = http.build_request(method, url, params=params, headers={**(headers or {}), **extra}, content=content)
+            request = http.build_request(
+                method, url, params=params, headers={**(headers or {}), **extra}, content=content
+            )
             try:
                 response = http.send(request, stream=stream)
             except RETRYABLE_EXCEPTIONS as exc:
@@ -315,7 +319,9 @@ class Client:
                 target.abort()
                 response.close()
                 if attempt >= self.retry.max_attempts:
-                    raise NVCConnectionError(f"download of job {job_obj.id} failed: {exc} (after {attempt} attempts)") from exc
+                    raise NVCConnectionError(
+                        f"download of job {job_obj.id} failed: {exc} (after {attempt} attempts)"
+                    ) from exc
                 delay = self.retry.delay(attempt)
                 self._note_retry(attempt, f"download: {type(exc).__name__}", delay)
                 self._sleep(delay)
@@ -380,7 +386,11 @@ class Client:
             else:
                 job = self.decompress(source, format=params.get("format"), on_upload=on_upload)
             emit(job.state.value if not job.state.terminal else "running", job.progress, job=job)
-            job = self.wait(job, timeout=timeout, on_update=lambda j: emit(j.state.value if not j.state.terminal else "running", j.progress, job=j))
+            job = self.wait(
+                job,
+                timeout=timeout,
+                on_update=lambda j: emit(j.state.value if not j.state.terminal else "running", j.progress, job=j),
+            )
             on_download = lambda got, total: emit("download", got / total if total else None, done=got, total=total)  # noqa: E731
             emit("download", 0.0, done=0)
             path, size_out, sha = self._download(job, output, on_download)
@@ -395,8 +405,15 @@ class Client:
                 raise
             emit("done", 1.0, job=job)
             return BatchResult(
-                source=source, output=path, ok=True, job=job, input_bytes=size_in, output_bytes=size_out,
-                output_sha256=sha, verified=how, seconds=time.monotonic() - start,
+                source=source,
+                output=path,
+                ok=True,
+                job=job,
+                input_bytes=size_in,
+                output_bytes=size_out,
+                output_sha256=sha,
+                verified=how,
+                seconds=time.monotonic() - start,
             )
         except Exception as exc:  # one file's failure is a result, not the end of the batch
             if isinstance(exc, BatchStoppedError) and job is not None and not job.state.terminal:
@@ -407,7 +424,12 @@ class Client:
             message = describe_failure(exc)
             emit("failed", None, job=job, message=message)
             return BatchResult(
-                source=source, output=None, ok=False, job=job, error=message, input_bytes=size_in,
+                source=source,
+                output=None,
+                ok=False,
+                job=job,
+                error=message,
+                input_bytes=size_in,
                 seconds=time.monotonic() - start,
             )
 
@@ -427,6 +449,7 @@ class Client:
         lock = threading.Lock()
         safe_progress = None
         if on_progress is not None:
+
             def safe_progress(event: ProgressEvent) -> None:
                 with lock:
                     on_progress(event)
@@ -435,14 +458,26 @@ class Client:
         pending: set[Future[BatchResult]] = set()
         stop = threading.Event()
         try:
+
             def refill() -> None:
                 while len(pending) < concurrency:
                     try:
                         source, output = next(plan)
                     except StopIteration:
                         return
-                    pending.add(pool.submit(self._run_one, kind, source, output, params, verify=verify,
-                                            timeout=timeout, on_progress=safe_progress, stop=stop))
+                    pending.add(
+                        pool.submit(
+                            self._run_one,
+                            kind,
+                            source,
+                            output,
+                            params,
+                            verify=verify,
+                            timeout=timeout,
+                            on_progress=safe_progress,
+                            stop=stop,
+                        )
+                    )
 
             refill()
             while pending:
@@ -478,8 +513,15 @@ class Client:
         ``timeout`` bounds the wait for each job.
         """
         plan = plan_compress(paths, dest_dir=dest_dir, output_for=output_for)
-        return self._many(plan, "compress", {"profile": profile}, concurrency=concurrency, verify=verify,
-                          timeout=timeout, on_progress=on_progress)
+        return self._many(
+            plan,
+            "compress",
+            {"profile": profile},
+            concurrency=concurrency,
+            verify=verify,
+            timeout=timeout,
+            on_progress=on_progress,
+        )
 
     def decompress_many(
         self,
@@ -496,5 +538,12 @@ class Client:
         """Decompress many ``.nvc`` files; like ``compress_many`` (outputs named ``<name>.<format>``)."""
         _base.decompress_params(format)
         plan = plan_decompress(paths, dest_dir=dest_dir, output_for=output_for, fmt=format)
-        return self._many(plan, "decompress", {"format": format}, concurrency=concurrency, verify=verify,
-                          timeout=timeout, on_progress=on_progress)
+        return self._many(
+            plan,
+            "decompress",
+            {"format": format},
+            concurrency=concurrency,
+            verify=verify,
+            timeout=timeout,
+            on_progress=on_progress,
+        )

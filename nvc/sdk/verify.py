@@ -106,9 +106,7 @@ def verify_compressed(job: Job, nvc_path: Path, *, sha256: str | None, source: P
         else:
             checks.append("decoded")
     if not checks:
-        raise VerificationError(
-            f"{what}: cannot verify (the job recorded no SHA-256 and the codec is not installed)"
-        )
+        raise VerificationError(f"{what}: cannot verify (the job recorded no SHA-256 and the codec is not installed)")
     return "+".join(checks)
 
 
