@@ -146,3 +146,58 @@ def test_large_upload_streams_without_buffering_in_the_api(service_settings, mak
         stored = service_settings.resolved_storage_dir / "jobs" / answer.json()["id"] / "input"
         assert stored.stat().st_size == size + len(header)
         assert client.delete(f"/jobs/{answer.json()['id']}").json()["state"] == "cancelled"
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
+def wait_running(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] != "queued":
+            return job
+        assert time.monotonic() < deadline, "job never started"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
+def test_cancel_running_job_and_survive_a_killed_worker_process(service_settings, make_stack, real_volume_path):
+    stack = make_stack(service_settings)
+    worker = stack.start_worker()
+    url = stack.start_api()
+    payload = real_volume_path.read_bytes()
+    with httpx.Client(base_url=url, timeout=60) as client:
+        # DELETE while running: the worker stops at its next progress report and drops the objects
+        job = client.post("/compress", files={"file": ("a.nii.gz", payload)}).json()
+        assert wait_running(client, job["id"])["state"] == "running"
+        cancelled = client.delete(f"/jobs/{job['id']}").json()
+        assert cancelled["state"] == "cancelled"
+
+        # the worker's pool process dies mid-job: the message goes back, the job runs again
+        job = client.post("/compress", files={"file": ("b.nii.gz", payload)}).json()
+        assert wait_running(client, job["id"])["state"] == "running"
+        pool = _children(worker.pid)
+        assert len(pool) == 1
+        os.kill(pool[0], 9)
+        done = wait_done(client, job["id"], 180)
+        assert done["state"] == "succeeded", done
+        assert done["attempts"] == 2
+        coded = client.get(f"/jobs/{job['id']}/result").content
+        import codec
+        import nibabel as nib
+
+        assert np.array_equal(codec.decode(coded), np.asarray(nib.load(real_volume_path).dataobj))
+        objects = service_settings.resolved_storage_dir / "jobs"
+        assert not (objects / cancelled["id"]).exists()
+        assert client.get(f"/jobs/{cancelled['id']}").json()["state"] == "cancelled"
