@@ -273,7 +273,7 @@ def test_long_poll_returns_when_the_job_finishes(client, store, small_volume):
     elapsed = time.monotonic() - start
     thread.join()
     assert answer.json()["state"] == "failed" and answer.json()["error"] == "boom"
-    assert 0.5 < elapsed < 3.0
+    assert 0.5 < elapsed < 10.0  # woken by the event, not by the 20 s timeout
     # a finished job answers at once; an active one waits at most `wait`
     start = time.monotonic()
     assert client.get(f"/jobs/{job['id']}?wait=20").json()["state"] == "failed"
@@ -281,7 +281,7 @@ def test_long_poll_returns_when_the_job_finishes(client, store, small_volume):
     queued = client.post("/compress", content=npy_bytes(small_volume)).json()
     start = time.monotonic()
     assert client.get(f"/jobs/{queued['id']}?wait=0.5").json()["state"] == "queued"
-    assert 0.4 < time.monotonic() - start < 2.5
+    assert 0.4 < time.monotonic() - start < 8.0
 
 
 def test_metrics_report_jobs_bytes_and_queue_depth(client, service_settings, store, small_volume):

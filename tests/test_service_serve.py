@@ -105,3 +105,23 @@ def test_nvc_serve_round_trip_restart_and_clean_exit(tmp_path, small_volume):
         proc.kill()  # no chance to clean up: children must still go (parent-death signal)
         proc.wait(10)
     wait_until(lambda: not any(alive(p) for p in family), 30, what="orphans to exit")
+
+
+def test_supervisor_restarts_a_dead_worker_then_gives_up_and_stops_cleanly():
+    from nvc.commands.serve import Supervisor
+
+    env = dict(os.environ)
+    crashing = Supervisor([([sys.executable, "-c", "import sys; sys.exit(3)"], env)])
+    crashing.start()
+    try:
+        wait_until(lambda: all(p is None for p in crashing.procs), 20, what="supervisor to give up")
+        assert len(crashing.restarts[0]) == 5  # restarted 5 times within a minute, then left alone
+    finally:
+        crashing.stop(grace=1)
+
+    steady = Supervisor([([sys.executable, "-c", "import time; time.sleep(60)"], env)])
+    steady.start()
+    pid = steady.pids()[0]
+    assert steady.alive()
+    steady.stop(grace=2)
+    assert not steady.alive() and not alive(pid)
