@@ -6,9 +6,12 @@ The container (`codec.format`) treats what this module produces as opaque: a mod
 Model blob, version 1 (all integers little-endian):
 
     u8  blob version (1)
-    u8  kind: 0 = shipped model, 1 = shipped model fine-tuned on this volume (weights embedded)
-    u8  n, then n bytes: ASCII id of the shipped model (its tables are the coding tables)
-    if kind == 1: u32 m, then m bytes: `IntMLP.to_bytes()` of the fine-tuned network
+    u8  flags: bit 0 = fine-tuned weights embedded, bit 1 = token tables embedded
+    u8  n, then n bytes: ASCII id of the shipped model (network and tables used unless embedded)
+    if bit 0: u32 m, then m bytes: `IntMLP.to_bytes()` of the network fine-tuned on this volume
+    if bit 1: u32 m, then m bytes: `AdaptiveTables.to_bytes()`: zlib of a bitmap of the
+              3 * 72 table keys used, then 127 uint8 codes q per used key; token frequency
+              = 2^(q/4) from the integer constants in entropy.py (0: token absent)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,8 +28,9 @@ import numpy as np
 import torch
 
 from codec import registry
-from codec.context import PAD_Z, SlabGeometry, compute_features, gather_neighbours, slice_neighbours
+from codec.context import N_INPUTS, PAD_Z, SlabGeometry, compute_features, gather_neighbours, slice_neighbours
 from codec.entropy import (
+    AdaptiveTables,
     CodingTables,
     decode_step,
     detokenize,
@@ -41,6 +46,8 @@ from codec.schedule import Wavefront
 
 PROFILES: tuple[str, ...] = tuple(_PROFILES)
 BLOB_VERSION = 1
+FLAG_WEIGHTS = 1  # fine-tuned weights embedded
+FLAG_TABLES = 2  # token tables measured on the volume embedded
 #: A coded voxel costs at least ~3.5e-4 bits (table cap), so a payload of B bytes can hold at
 #: most ~23k * B voxels; anything claiming far more is hostile or corrupt and is refused
 #: before any work is done.
@@ -64,13 +71,23 @@ class Predictor:
     tables: CodingTables
     shipped_id: str
     embedded: bool
+    adaptive: AdaptiveTables | None = None
+
+    @property
+    def coding_tables(self) -> CodingTables | AdaptiveTables:
+        """The tables symbols are coded with: measured on the volume when stored, else shipped."""
+        return self.adaptive if self.adaptive is not None else self.tables
 
     def blob(self) -> bytes:
         ident = self.shipped_id.encode("ascii")
-        out = struct.pack("<BBB", BLOB_VERSION, 1 if self.embedded else 0, len(ident)) + ident
+        flags = (FLAG_WEIGHTS if self.embedded else 0) | (FLAG_TABLES if self.adaptive is not None else 0)
+        out = struct.pack("<BBB", BLOB_VERSION, flags, len(ident)) + ident
         if self.embedded:
             weights = self.net.to_bytes()
             out += struct.pack("<I", len(weights)) + weights
+        if self.adaptive is not None:
+            tables = self.adaptive.to_bytes()
+            out += struct.pack("<I", len(tables)) + tables
         return out
 
     @classmethod
@@ -81,8 +98,8 @@ class Predictor:
             raise FormatError("model blob is truncated") from None
         if version != BLOB_VERSION:
             raise FormatError(f"model blob version {version} is not supported (this nvc reads version {BLOB_VERSION})")
-        if kind not in (0, 1):
-            raise FormatError(f"unknown model kind {kind}")
+        if kind & ~(FLAG_WEIGHTS | FLAG_TABLES):
+            raise FormatError(f"unknown model flags {kind:#x}")
         if 3 + n > len(blob):
             raise FormatError("model blob is truncated")
         try:
@@ -92,18 +109,23 @@ class Predictor:
         shipped = registry.load_model(shipped_id)
         tables = registry.load_tables(shipped.tables_file)
         pos = 3 + n
-        if kind == 0:
-            if pos != len(blob):
-                raise FormatError("model blob has trailing bytes")
-            return cls(shipped.net, tables, shipped_id, False)
-        try:
-            (m,) = struct.unpack_from("<I", blob, pos)
-        except struct.error:
-            raise FormatError("model blob is truncated") from None
-        if pos + 4 + m != len(blob):
-            raise FormatError("embedded weights length does not match the model blob")
-        net = IntMLP.from_bytes(blob[pos + 4 :])
-        return cls(net, tables, shipped_id, True)
+
+        def section() -> bytes:
+            nonlocal pos
+            try:
+                (m,) = struct.unpack_from("<I", blob, pos)
+            except struct.error:
+                raise FormatError("model blob is truncated") from None
+            if pos + 4 + m > len(blob):
+                raise FormatError("model blob section runs past its end")
+            pos += 4 + m
+            return blob[pos - m : pos]
+
+        net = IntMLP.from_bytes(section()) if kind & FLAG_WEIGHTS else shipped.net
+        adaptive = AdaptiveTables.from_bytes(section()) if kind & FLAG_TABLES else None
+        if pos != len(blob):
+            raise FormatError("model blob has trailing bytes")
+        return cls(net, tables, shipped_id, bool(kind & FLAG_WEIGHTS), adaptive)
 
 
 def describe_model(model_blob: bytes) -> dict:
@@ -113,6 +135,7 @@ def describe_model(model_blob: bytes) -> dict:
         "profile": shipped.profile,
         "model_id": p.shipped_id,
         "fine_tuned": p.embedded,
+        "volume_tables": p.adaptive is not None,
         "embedded_weights_bytes": len(p.net.to_bytes()) if p.embedded else 0,
         "parameters": p.net.n_params,
         "widths": list(p.net.widths),
@@ -134,6 +157,14 @@ def torch_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def encode_workers() -> int:
+    """Threads for the encoder's per-slice prediction (NVC_ENCODE_WORKERS, default: CPU count, at most 4)."""
+    env = os.environ.get("NVC_ENCODE_WORKERS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def default_device() -> torch.device:
@@ -170,7 +201,7 @@ def _choose_predictor(
     held = drawn.subset(slice(n_fit, None))
     model = shipped.float_model()
     torch.manual_seed(0)
-    fit(model, samples, steps, batch=profile.fit_batch, lr=1e-3,
+    fit(model, samples, steps, batch=profile.fit_batch, lr=profile.fit_lr,
         progress=(lambda f: progress(0.4 * f)) if progress else None)
     tuned = Predictor(quantize(model, samples.inputs[:65536].numpy()), tables, shipped.model_id, True)
     bits_base = estimate_bits(base, held) * volume.size / len(held)
@@ -224,32 +255,46 @@ def _encode_volume(
     extra = np.zeros(geometry.total_size, dtype=np.int32)
     cache: dict = {}
     Y, X = geometry.height, geometry.width
-    n_slices = sum(geometry.depths)
-    done = 0
-    for s, depth in enumerate(geometry.depths):
+    pred.net.forward(np.zeros((1, N_INPUTS), np.float32), device, cache)  # build the layer cache once
+
+    def predict_slice(task: tuple[int, int]) -> None:
+        s, z = task
+        depth = geometry.depths[s]
         base = int(geometry.bases[s])
         block = buffer[base : base + geometry.slab_size(depth)].reshape(depth + PAD_Z, -1, geometry.row_stride)
-        x0 = np.arange(X)
-        for z in range(depth):
-            index = (geometry.voxel_index(s, np.full((Y, 1), z), np.arange(Y)[:, None], x0[None, :])).ravel()
-            nb = slice_neighbours(block, z, Y, X)
-            feats = compute_features(nb, np.full(len(index), z == 0), vmin, vmax)
-            out = pred.net.forward(feats.inputs, device, cache)
-            mu, k = coding_params(out, feats, vmin, vmax)
-            t, nb_, ex = tokenize(buffer[index].astype(np.int64) - mu)
-            keys[index], tokens[index], nbits[index], extra[index] = k, t, nb_, ex
-            done += 1
-            if progress:
-                progress(0.4 + 0.4 * done / n_slices)
+        index = geometry.voxel_index(s, np.full((Y, 1), z), np.arange(Y)[:, None], np.arange(X)[None, :]).ravel()
+        feats = compute_features(slice_neighbours(block, z, Y, X), np.full(len(index), z == 0), vmin, vmax)
+        mu, k = coding_params(pred.net.forward(feats.inputs, device, cache), feats, vmin, vmax)
+        t, nb, ex = tokenize(buffer[index].astype(np.int64) - mu)
+        keys[index], tokens[index], nbits[index], extra[index] = k, t, nb, ex
 
-    # 2. emit symbols in the decoder's order
+    # Slices are independent here; numpy and torch release the GIL on these large arrays,
+    # so a few threads use the machine's cores without processes.
+    tasks = [(s, z) for s, depth in enumerate(geometry.depths) for z in range(depth)]
+    with ThreadPoolExecutor(max_workers=encode_workers()) as pool:
+        for done, _ in enumerate(pool.map(predict_slice, tasks), 1):
+            if progress:
+                progress(0.4 + 0.4 * done / len(tasks))
+
+    # 2. token tables measured on this volume, when they pay for their bytes
+    interior_keys = np.concatenate([geometry.interior(keys, s).ravel() for s in range(len(slabs))])
+    interior_tokens = np.concatenate([geometry.interior(tokens, s).ravel() for s in range(len(slabs))])
+    counts = AdaptiveTables.count(interior_keys, interior_tokens)
+    del interior_keys, interior_tokens
+    adaptive = AdaptiveTables.from_counts(counts)
+    static_bits = float((counts * pred.tables.cost_bits).sum())
+    if adaptive.cost_bits(counts) + 8 * (len(adaptive.to_bytes()) + 4) < static_bits:
+        pred.adaptive = adaptive
+    tables = pred.coding_tables
+
+    # 3. emit symbols in the decoder's order
     encoders = [constriction.stream.queue.RangeEncoder() for _ in slabs]
     wave = Wavefront(geometry)
     for i, step in enumerate(wave.steps()):
         idx = step.index
         for s in np.unique(step.slab).tolist():
             sel = idx[step.slab == s]
-            encode_step(encoders[s], pred.tables, keys[sel], tokens[sel], nbits[sel], extra[sel])
+            encode_step(encoders[s], tables, keys[sel], tokens[sel], nbits[sel], extra[sel])
         if progress and i % 256 == 0:
             progress(0.8 + 0.2 * i / max(1, wave.n_steps))
     payloads = [e.get_compressed().tobytes() for e in encoders]
@@ -311,6 +356,7 @@ def _decode_slabs(
     offsets = geometry.offsets
     device = device or default_device()
     cache: dict = {}
+    tables = pred.coding_tables
     wave = Wavefront(geometry)
     for i, step in enumerate(wave.steps()):
         idx = step.index
@@ -321,7 +367,7 @@ def _decode_slabs(
         for s in np.unique(step.slab).tolist():
             sel = step.slab == s
             try:
-                tokens, extra = decode_step(decoders[s], pred.tables, keys[sel])
+                tokens, extra = decode_step(decoders[s], tables, keys[sel])
             except Exception as exc:  # constriction reports corrupt data as ValueError/RuntimeError
                 raise FormatError(f"slab {s} payload is corrupt: {exc}") from None
             values[sel] = mu[sel] + detokenize(tokens, extra)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zlib
 from functools import cached_property
 from pathlib import Path
 
@@ -232,3 +233,88 @@ def decode_step(
     if has.any():
         extra[has] = decoder.decode(UNIFORM, (np.int32(1) << nbits[has]).astype(np.int32))
     return tokens, extra
+
+
+# --------------------------------------------------------------------------- per-volume tables
+#: 2^(i/4) * 2^16 for i = 0..3, rounded: adaptive frequencies are 2^(q/4) built from these
+#: integers, never from libm.
+_QUARTER_OCTAVE = (65536, 77936, 92682, 110218)
+MAX_LOG_COUNT = 127
+
+
+def quantise_counts(counts: np.ndarray) -> np.ndarray:
+    """Counts -> uint8 codes q = ceil(4 * log2(count + 1)) (0 means the token never occurs)."""
+    c = counts.astype(np.int64)
+    q = np.zeros(c.shape, dtype=np.int64)
+    # integer search against the exact thresholds of dequantise_codes
+    levels = dequantise_codes(np.arange(1, MAX_LOG_COUNT + 1))
+    q[c > 0] = np.searchsorted(levels, c[c > 0] + 1, side="left") + 1
+    return np.minimum(q, MAX_LOG_COUNT).astype(np.uint8)
+
+
+def dequantise_codes(q: np.ndarray) -> np.ndarray:
+    """uint8 codes -> integer frequencies ~2^(q/4) (0 for code 0)."""
+    q = np.asarray(q, dtype=np.int64)
+    f = (np.asarray(_QUARTER_OCTAVE, dtype=np.int64)[q % 4] << (q // 4)) >> 16
+    return np.where(q > 0, np.maximum(f, 1), 0)
+
+
+class AdaptiveTables:
+    """Token tables measured on the volume itself and stored in the file (only for used keys)."""
+
+    def __init__(self, codes: dict[int, np.ndarray]) -> None:
+        self.codes = codes
+        models: list = [None] * (N_SIDES * N_CLASSES)
+        for key, q in codes.items():
+            f = dequantise_codes(q).astype(np.float64)
+            models[key] = constriction.stream.model.Categorical(f / f.sum(), perfect=False)
+        self.models = models
+
+    @staticmethod
+    def count(keys: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """(N_SIDES * N_CLASSES, N_TOKENS) histogram of coded symbols."""
+        flat = keys.astype(np.int64) * N_TOKENS + tokens
+        return np.bincount(flat, minlength=N_SIDES * N_CLASSES * N_TOKENS).reshape(N_SIDES * N_CLASSES, N_TOKENS)
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> "AdaptiveTables":
+        return cls({int(k): quantise_counts(counts[k]) for k in np.flatnonzero(counts.sum(axis=1))})
+
+    def cost_bits(self, counts: np.ndarray) -> float:
+        """Code length of symbols with these counts under these tables (ideal, in bits)."""
+        total = 0.0
+        for key, q in self.codes.items():
+            f = dequantise_codes(q).astype(np.float64)
+            c = counts[key]
+            used = c > 0
+            total -= float((c[used] * np.log2(f[used] / f.sum())).sum())
+        return total
+
+    def to_bytes(self) -> bytes:
+        n_keys = N_SIDES * N_CLASSES
+        bitmap = np.zeros(n_keys, dtype=bool)
+        bitmap[list(self.codes)] = True
+        rows = [self.codes[k] for k in sorted(self.codes)]
+        body = np.packbits(bitmap).tobytes() + (np.stack(rows).tobytes() if rows else b"")
+        return zlib.compress(body, 9)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "AdaptiveTables":
+        from codec.errors import FormatError
+
+        n_keys = N_SIDES * N_CLASSES
+        head = (n_keys + 7) // 8
+        try:
+            body = zlib.decompressobj().decompress(blob, head + n_keys * N_TOKENS + 1)
+        except zlib.error as exc:
+            raise FormatError(f"stored coding tables are corrupt: {exc}") from None
+        if len(body) < head:
+            raise FormatError("stored coding tables are truncated")
+        bitmap = np.unpackbits(np.frombuffer(body[:head], np.uint8))[:n_keys].astype(bool)
+        used = np.flatnonzero(bitmap)
+        if len(body) != head + len(used) * N_TOKENS:
+            raise FormatError("stored coding tables have the wrong size")
+        rows = np.frombuffer(body[head:], np.uint8).reshape(len(used), N_TOKENS)
+        if (rows > MAX_LOG_COUNT).any() or (len(used) and (rows.max(axis=1) == 0).any()):
+            raise FormatError("stored coding tables hold invalid codes")
+        return cls({int(k): rows[i].copy() for i, k in enumerate(used)})

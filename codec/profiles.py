@@ -17,15 +17,16 @@ class Profile:
     fit_steps_per_mvoxel: float  # per-volume fine-tuning effort (Adam steps per million voxels)
     fit_min_steps: int
     fit_max_steps: int
-    fit_batch: int = 4096
+    fit_batch: int = 1024
+    fit_lr: float = 3e-3
     fit_samples: int = 262_144  # voxels sampled from the volume for fitting
 
 
 PROFILES: dict[str, Profile] = {
     # CPU default: the speed target is 2 MB/s of raw voxels on 2 cores.
-    "default": Profile("default", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=40.0, fit_min_steps=60, fit_max_steps=1200),
+    "default": Profile("default", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=100.0, fit_min_steps=150, fit_max_steps=3000),
     # GPU workers: same network, more fitting (the GPU makes it cheap).
-    "gpu": Profile("gpu", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=400.0, fit_min_steps=600, fit_max_steps=6000),
+    "gpu": Profile("gpu", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=1000.0, fit_min_steps=2000, fit_max_steps=20000, fit_batch=4096),
 }
 
 
