@@ -202,6 +202,7 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
         "cuda": cuda,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": versions,
     }
 
@@ -288,7 +289,8 @@ def markdown(report: dict) -> str:
     head = (
         f"Bits per voxel (lower is better), every round trip verified bit-exactly; in brackets encode/decode speed in "
         f"MB/s of raw voxels. Measured {env['date']} on {env['platform']}, {env['cpu_count']} CPUs "
-        f"(torch threads {env['torch_threads']}, CUDA {env['cuda']}); versions {env['versions']}.\n\n"
+        f"(torch threads {env['torch_threads']}, CUDA {env['cuda']}, load average at start "
+        f"{', '.join(f'{x:.1f}' for x in env.get('load_average') or [])}); versions {env['versions']}.\n\n"
     )
     return head + "\n".join(lines) + "\n"
 
