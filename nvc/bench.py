@@ -179,6 +179,22 @@ def _volume_name(path: Path) -> str:
     return name
 
 
+def _git_commit() -> str | None:
+    """The checkout's commit (with '+dirty' when the codec has local changes), so results name their code."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "codec"], cwd=repo, capture_output=True, text=True,
+                               timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def environment() -> dict:
     import importlib.metadata as md
 
@@ -203,6 +219,7 @@ def environment() -> dict:
         "torch_threads": threads,
         "cuda": cuda,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "git_commit": _git_commit(),
         "versions": versions,
     }
 
