@@ -17,6 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from codec.entropy import N_CLASSES
+
+#: Fixed-point bits of the network's mean output.
+MEAN_FRAC_BITS = 8
+
 #: (dz, dy, dx) of every context voxel. Index 0..11: current slice; 12..36: previous slice.
 NEIGHBOURS: tuple[tuple[int, int, int], ...] = (
     (0, 0, -1),  # W
@@ -37,11 +42,6 @@ W, WW, WWW, NWW, NW, N, NE, NEE, NNW, NN, NNE, NNN = range(12)
 PREV_FIRST = 12
 PREV_CENTRE = PREV_FIRST + 12  # (dz, dy, dx) = (-1, 0, 0)
 N_NEIGHBOURS = len(NEIGHBOURS)
-
-#: Padding around each slab: one slice before, rows/columns before and after.
-PAD_Z = 1
-PAD_Y0, PAD_Y1 = 3, 2
-PAD_X0, PAD_X1 = 3, 2
 
 #: Extra inputs after the neighbour features: log-activity bucket, relative level, no-previous-slice flag.
 N_EXTRA = 3
@@ -82,23 +82,46 @@ def activity_bucket(divisor: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Padding:
+    """Voxels of padding around a slab: slices before, rows and columns before/after."""
+
+    z: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @classmethod
+    def for_neighbours(cls, neighbours: tuple[tuple[int, int, int], ...]) -> "Padding":
+        dz = [n[0] for n in neighbours]
+        dy = [n[1] for n in neighbours]
+        dx = [n[2] for n in neighbours]
+        return cls(-min(dz), max(0, -min(dy)), max(0, max(dy)), max(0, -min(dx)), max(0, max(dx)))
+
+
+@dataclass(frozen=True)
 class SlabGeometry:
     """Index arithmetic for a stack of equally sized padded slabs laid out in one flat buffer."""
 
     depths: tuple[int, ...]
     height: int
     width: int
+    neighbours: tuple[tuple[int, int, int], ...] = NEIGHBOURS
+
+    @property
+    def pad(self) -> Padding:
+        return Padding.for_neighbours(self.neighbours)
 
     @property
     def row_stride(self) -> int:
-        return self.width + PAD_X0 + PAD_X1
+        return self.width + self.pad.x0 + self.pad.x1
 
     @property
     def slice_stride(self) -> int:
-        return (self.height + PAD_Y0 + PAD_Y1) * self.row_stride
+        return (self.height + self.pad.y0 + self.pad.y1) * self.row_stride
 
     def slab_size(self, depth: int) -> int:
-        return (depth + PAD_Z) * self.slice_stride
+        return (depth + self.pad.z) * self.slice_stride
 
     @property
     def bases(self) -> np.ndarray:
@@ -111,31 +134,49 @@ class SlabGeometry:
 
     @property
     def offsets(self) -> np.ndarray:
-        """Flat offsets of NEIGHBOURS relative to a voxel."""
+        """Flat offsets of the neighbours relative to a voxel."""
         return np.asarray(
-            [dz * self.slice_stride + dy * self.row_stride + dx for dz, dy, dx in NEIGHBOURS],
-            dtype=np.int64,
+            [dz * self.slice_stride + dy * self.row_stride + dx for dz, dy, dx in self.neighbours], dtype=np.int64
         )
 
     def voxel_index(self, slab: int, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        pad = self.pad
         return (
             self.bases[slab]
-            + (z + PAD_Z) * self.slice_stride
-            + (y + PAD_Y0) * self.row_stride
-            + (x + PAD_X0)
+            + (z + pad.z) * self.slice_stride
+            + (y + pad.y0) * self.row_stride
+            + (x + pad.x0)
         )
 
     def new_buffer(self, fill: int) -> np.ndarray:
         return np.full(self.total_size, fill, dtype=np.int32)
 
-    def interior(self, buffer: np.ndarray, slab: int) -> np.ndarray:
-        """View of one slab's voxels (depth, height, width) inside the flat buffer."""
+    def block(self, buffer: np.ndarray, slab: int) -> np.ndarray:
+        """One padded slab (depth + pad.z, padded rows, padded columns) inside the flat buffer."""
         depth = self.depths[slab]
         base = int(self.bases[slab])
-        block = buffer[base : base + self.slab_size(depth)].reshape(
-            depth + PAD_Z, self.height + PAD_Y0 + PAD_Y1, self.row_stride
-        )
-        return block[PAD_Z:, PAD_Y0 : PAD_Y0 + self.height, PAD_X0 : PAD_X0 + self.width]
+        return buffer[base : base + self.slab_size(depth)].reshape(depth + self.pad.z, -1, self.row_stride)
+
+    def interior(self, buffer: np.ndarray, slab: int) -> np.ndarray:
+        """View of one slab's voxels (depth, height, width) inside the flat buffer."""
+        pad = self.pad
+        return self.block(buffer, slab)[pad.z :, pad.y0 : pad.y0 + self.height, pad.x0 : pad.x0 + self.width]
+
+    def slice_neighbours(self, buffer: np.ndarray, slab: int, z: int, y0: int = 0, y1: int | None = None) -> np.ndarray:
+        """((y1 - y0) * width, n_neighbours) context values of rows y0..y1 of slice z (encoder path).
+
+        Same values as `gather_neighbours` for the same voxels, built from shifted views;
+        feature-major in memory (a transposed view): every column is contiguous.
+        """
+        y1 = self.height if y1 is None else y1
+        rows = y1 - y0
+        block = self.block(buffer, slab)
+        pad = self.pad
+        out = np.empty((len(self.neighbours), rows, self.width), dtype=np.int32)
+        for k, (dz, dy, dx) in enumerate(self.neighbours):
+            zz, ys, xs = z + pad.z + dz, pad.y0 + dy + y0, pad.x0 + dx
+            out[k] = block[zz, ys : ys + rows, xs : xs + self.width]
+        return out.reshape(len(self.neighbours), rows * self.width).T
 
 
 @dataclass
@@ -154,18 +195,6 @@ def gather_neighbours(buffer: np.ndarray, index: np.ndarray, offsets: np.ndarray
     Feature-major in memory (a transposed view): every column is contiguous.
     """
     return buffer[offsets[:, None] + index[None, :]].T
-
-
-def slice_neighbours(block: np.ndarray, z: int, height: int, width: int) -> np.ndarray:
-    """(height * width, N_NEIGHBOURS) context values of slice z of a padded slab block (encoder path).
-
-    Same values as `gather_neighbours` for the same voxels, built from shifted views.
-    """
-    out = np.empty((N_NEIGHBOURS, height, width), dtype=np.int32)
-    for k, (dz, dy, dx) in enumerate(NEIGHBOURS):
-        zz, y0, x0 = z + PAD_Z + dz, PAD_Y0 + dy, PAD_X0 + dx
-        out[k] = block[zz, y0 : y0 + height, x0 : x0 + width]
-    return out.reshape(N_NEIGHBOURS, height * width).T
 
 
 def compute_features(nb: np.ndarray, first_slice: np.ndarray, vmin: int, vmax: int) -> Features:
@@ -199,3 +228,58 @@ def compute_features(nb: np.ndarray, first_slice: np.ndarray, vmin: int, vmax: i
     feats[:, N_NEIGHBOURS + 1] = ((ref.astype(np.int64) - vmin) * 512) // span
     feats[:, N_NEIGHBOURS + 2] = first_slice * 256
     return Features(inputs=feats, ref=ref.astype(np.int64), divisor=divisor.astype(np.int64), bucket=bucket)
+
+
+def coding_params(out: np.ndarray, feats: Features, vmin: int, vmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer mean and table key (side * N_CLASSES + class) from the network's integer outputs.
+
+    out[:, 0] is the mean offset in feature units with MEAN_FRAC_BITS fractional bits,
+    out[:, 1] the scale class relative to the activity bucket.
+    """
+    frac = MEAN_FRAC_BITS + FEATURE_SHIFT
+    mean_out = np.clip(out[:, 0], -(1 << 30), 1 << 30)
+    offset = (mean_out * feats.divisor + (1 << (frac - 1))) >> frac
+    mu = np.clip(feats.ref + offset, vmin, vmax)
+    cls = feats.bucket + np.clip(out[:, 1], -N_CLASSES, N_CLASSES)
+    return mu, table_keys(mu, cls, vmin, vmax)
+
+
+def table_keys(mu: np.ndarray, cls: np.ndarray, vmin: int, vmax: int) -> np.ndarray:
+    """Key of the coding table: side (interior / on the minimum / on the maximum) and class."""
+    cls = np.clip(cls, 0, N_CLASSES - 1)
+    side = np.where(mu == vmin, 1, np.where(mu == vmax, 2, 0))
+    if vmin == vmax:
+        side[:] = 1
+    return (side * N_CLASSES + cls).astype(np.int32)
+
+
+def float_params(out, aux):
+    """Training twin of coding_params: continuous mean and class (torch tensors)."""
+    ref, divisor, bucket = aux[:, 0], aux[:, 1], aux[:, 2]
+    return ref + out[:, 0] * divisor / float(FEATURE_SCALE), bucket + out[:, 1]
+
+
+@dataclass(frozen=True)
+class ContextSpec:
+    """A context model: which neighbours, how they become inputs, how outputs become coding parameters."""
+
+    name: str
+    neighbours: tuple[tuple[int, int, int], ...]
+    n_inputs: int
+    features: "object"  # (nb, first_slice, vmin, vmax) -> Features
+    coding_params: "object"  # (out, feats, vmin, vmax) -> (mu, keys)
+    float_params: "object"  # (out, aux) -> (mu, class), torch, for training
+
+
+LOCAL = ContextSpec("local", NEIGHBOURS, N_INPUTS, compute_features, coding_params, float_params)
+
+
+def context_spec(name: str) -> ContextSpec:
+    """The context model a profile names."""
+    if name == "local":
+        return LOCAL
+    if name == "paper":
+        from codec.context_paper import PAPER
+
+        return PAPER
+    raise ValueError(f"unknown context {name!r}")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from codec import registry
-from codec.context import N_INPUTS, PAD_Z, SlabGeometry, compute_features, gather_neighbours, slice_neighbours
+from codec.context import LOCAL, ContextSpec, SlabGeometry, gather_neighbours
 from codec.entropy import (
     AdaptiveTables,
     CodingTables,
@@ -39,7 +39,7 @@ from codec.entropy import (
 )
 from codec.errors import FormatError, UnsupportedInputError
 from codec.fit import Samples, fit, load_into_buffer, sample_volume, slab_bounds
-from codec.network import IntMLP, coding_params, quantize
+from codec.network import IntMLP, quantize
 from codec.profiles import PROFILES as _PROFILES
 from codec.profiles import get_profile
 from codec.schedule import Wavefront
@@ -72,6 +72,7 @@ class Predictor:
     shipped_id: str
     embedded: bool
     adaptive: AdaptiveTables | None = None
+    spec: ContextSpec = LOCAL
 
     @property
     def coding_tables(self) -> CodingTables | AdaptiveTables:
@@ -125,7 +126,9 @@ class Predictor:
         adaptive = AdaptiveTables.from_bytes(section()) if kind & FLAG_TABLES else None
         if pos != len(blob):
             raise FormatError("model blob has trailing bytes")
-        return cls(net, tables, shipped_id, bool(kind & FLAG_WEIGHTS), adaptive)
+        if net.n_inputs != shipped.net.n_inputs:
+            raise FormatError("embedded network does not match its model's context")
+        return cls(net, tables, shipped_id, bool(kind & FLAG_WEIGHTS), adaptive, shipped.spec)
 
 
 def describe_model(model_blob: bytes) -> dict:
@@ -188,7 +191,8 @@ def _choose_predictor(
     profile = get_profile(profile_name)
     shipped = registry.current_model(profile_name)
     tables = registry.load_tables(shipped.tables_file)
-    base = Predictor(shipped.net, tables, shipped.model_id, False)
+    spec = shipped.spec
+    base = Predictor(shipped.net, tables, shipped.model_id, False, spec=spec)
     mvox = volume.size / 1e6
     steps = int(min(profile.fit_max_steps, max(profile.fit_min_steps, profile.fit_steps_per_mvoxel * mvox)))
     if steps <= 0 or volume.size < 4096:
@@ -196,14 +200,14 @@ def _choose_predictor(
     rng = np.random.default_rng(12345)
     n_held = min(65536, volume.size // 4)
     n_fit = int(min(profile.fit_samples, volume.size - n_held))
-    drawn = sample_volume(volume, vmin, vmax, profile.slab_depth, n_fit + n_held, rng, laid_out)
+    drawn = sample_volume(volume, vmin, vmax, profile.slab_depth, n_fit + n_held, rng, laid_out, spec)
     samples = drawn.subset(slice(0, n_fit))
     held = drawn.subset(slice(n_fit, None))
     model = shipped.float_model()
     torch.manual_seed(0)
-    fit(model, samples, steps, batch=profile.fit_batch, lr=profile.fit_lr,
+    fit(model, samples, steps, batch=profile.fit_batch, lr=profile.fit_lr, spec=spec, loss=profile.loss,
         progress=(lambda f: progress(0.4 * f)) if progress else None)
-    tuned = Predictor(quantize(model, samples.inputs[:65536].numpy()), tables, shipped.model_id, True)
+    tuned = Predictor(quantize(model, samples.inputs[:65536].numpy()), tables, shipped.model_id, True, spec=spec)
     bits_base = estimate_bits(base, held) * volume.size / len(held)
     bits_tuned = estimate_bits(tuned, held) * volume.size / len(held) + 8 * len(tuned.blob())
     return tuned if bits_tuned < bits_base else base
@@ -214,7 +218,7 @@ def estimate_bits(pred: Predictor, samples: Samples) -> float:
     feats = samples.features()
     vmin, vmax = int(samples.aux[0, 4]), int(samples.aux[0, 5])
     out = pred.net.forward(feats.inputs)
-    mu, keys = coding_params(out, feats, vmin, vmax)
+    mu, keys = pred.spec.coding_params(out, feats, vmin, vmax)
     tokens, nbits, _ = tokenize(samples.x - mu)
     return float(pred.tables.cost_bits[keys, tokens].sum() + nbits.sum())
 
@@ -243,8 +247,9 @@ def _encode_volume(
         raise UnsupportedInputError(f"value range [{vmin}, {vmax}] spans more than 16 bits")
     volume = np.ascontiguousarray(volume, dtype=np.int32)
     prof = get_profile(profile)
+    spec = registry.current_model(profile).spec
     slabs = slab_bounds(volume.shape[0], prof.slab_depth)
-    geometry, buffer = load_into_buffer(volume, slabs, vmin)
+    geometry, buffer = load_into_buffer(volume, slabs, vmin, spec)
     pred = _choose_predictor(volume, vmin, vmax, profile, progress, (geometry, buffer))
     device = device or default_device()
 
@@ -255,24 +260,23 @@ def _encode_volume(
     extra = np.zeros(geometry.total_size, dtype=np.int32)
     cache: dict = {}
     Y, X = geometry.height, geometry.width
-    pred.net.forward(np.zeros((1, N_INPUTS), np.float32), device, cache)  # build the layer cache once
+    pred.net.forward(np.zeros((1, pred.net.n_inputs), np.float32), device, cache)  # build the layer cache once
+    rows_per_task = max(1, min(Y, (1 << 22) // (X * len(geometry.neighbours))))
 
-    def predict_slice(task: tuple[int, int]) -> None:
-        s, z = task
-        depth = geometry.depths[s]
-        base = int(geometry.bases[s])
-        block = buffer[base : base + geometry.slab_size(depth)].reshape(depth + PAD_Z, -1, geometry.row_stride)
-        index = geometry.voxel_index(s, np.full((Y, 1), z), np.arange(Y)[:, None], np.arange(X)[None, :]).ravel()
-        feats = compute_features(slice_neighbours(block, z, Y, X), np.full(len(index), z == 0), vmin, vmax)
-        mu, k = coding_params(pred.net.forward(feats.inputs, device, cache), feats, vmin, vmax)
+    def predict_rows(task: tuple[int, int, int]) -> None:
+        s, z, y0 = task
+        y1 = min(Y, y0 + rows_per_task)
+        index = geometry.voxel_index(s, np.full((y1 - y0, 1), z), np.arange(y0, y1)[:, None], np.arange(X)[None, :]).ravel()
+        feats = spec.features(geometry.slice_neighbours(buffer, s, z, y0, y1), np.full(len(index), z == 0), vmin, vmax)
+        mu, k = spec.coding_params(pred.net.forward(feats.inputs, device, cache), feats, vmin, vmax)
         t, nb, ex = tokenize(buffer[index].astype(np.int64) - mu)
         keys[index], tokens[index], nbits[index], extra[index] = k, t, nb, ex
 
     # Slices are independent here; numpy and torch release the GIL on these large arrays,
     # so a few threads use the machine's cores without processes.
-    tasks = [(s, z) for s, depth in enumerate(geometry.depths) for z in range(depth)]
+    tasks = [(s, z, y0) for s, depth in enumerate(geometry.depths) for z in range(depth) for y0 in range(0, Y, rows_per_task)]
     with ThreadPoolExecutor(max_workers=encode_workers()) as pool:
-        for done, _ in enumerate(pool.map(predict_slice, tasks), 1):
+        for done, _ in enumerate(pool.map(predict_rows, tasks), 1):
             if progress:
                 progress(0.4 + 0.4 * done / len(tasks))
 
@@ -350,7 +354,7 @@ def _decode_slabs(
         if len(payload) % 4:
             raise FormatError("slab payload length is not a multiple of 4 bytes")
     pred = Predictor.from_blob(model_blob)
-    geometry = SlabGeometry(tuple(s[0] for s in shapes), shapes[0][1], shapes[0][2])
+    geometry = SlabGeometry(tuple(s[0] for s in shapes), shapes[0][1], shapes[0][2], pred.spec.neighbours)
     buffer = geometry.new_buffer(vmin)
     decoders = [constriction.stream.queue.RangeDecoder(np.frombuffer(p, dtype=np.uint32).copy()) for p in payloads]
     offsets = geometry.offsets
@@ -360,9 +364,9 @@ def _decode_slabs(
     wave = Wavefront(geometry)
     for i, step in enumerate(wave.steps()):
         idx = step.index
-        feats = compute_features(gather_neighbours(buffer, idx, offsets), step.first_slice, vmin, vmax)
+        feats = pred.spec.features(gather_neighbours(buffer, idx, offsets), step.first_slice, vmin, vmax)
         out = pred.net.forward(feats.inputs, device, cache)
-        mu, keys = coding_params(out, feats, vmin, vmax)
+        mu, keys = pred.spec.coding_params(out, feats, vmin, vmax)
         values = np.empty(len(idx), dtype=np.int64)
         for s in np.unique(step.slab).tolist():
             sel = step.slab == s

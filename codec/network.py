@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from codec.context import FEATURE_CLIP, FEATURE_SHIFT, N_INPUTS, Features
-from codec.entropy import N_CLASSES
+from codec.context import FEATURE_CLIP, FEATURE_SHIFT, MEAN_FRAC_BITS
 from codec.errors import FormatError
 
 WEIGHT_MAX = 127
@@ -32,17 +31,20 @@ ACT_MAX = FEATURE_CLIP  # activations are clamped to [-ACT_MAX, ACT_MAX]
 MAX_FAN_IN = 64  # with |bias| <= MAX_BIAS: every partial sum stays below 2^24 (exact in float32)
 MAX_BIAS = 1 << 23
 assert MAX_FAN_IN * WEIGHT_MAX * ACT_MAX + MAX_BIAS < 1 << 24
+#: Wider networks (the paper's 1024-wide layers) use float64 products: exact below 2^53.
+MAX_WIDE_FAN_IN = 4096
+assert MAX_WIDE_FAN_IN * WEIGHT_MAX * ACT_MAX + MAX_BIAS < 1 << 53
 LEAKY_SHIFT = 3  # leaky ReLU slope 1/8: h < 0 -> floor(h / 8)
-MEAN_FRAC_BITS = 8  # fixed-point bits of the mean output (in feature units)
 INPUT_FRAC_BITS = FEATURE_SHIFT  # integer inputs are features * 2^6
 
 
 class FloatMLP(torch.nn.Module):
     """Float twin of IntMLP used for training and fine-tuning."""
 
-    def __init__(self, widths: tuple[int, ...]) -> None:
+    def __init__(self, widths: tuple[int, ...], n_inputs: int) -> None:
         super().__init__()
-        dims = (N_INPUTS, *widths, 2)
+        dims = (n_inputs, *widths, 2)
+        self.n_inputs = n_inputs
         self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.widths = tuple(widths)
 
@@ -66,13 +68,19 @@ class IntLayer:
 class IntMLP:
     """Quantised network: what decides every coding distribution."""
 
+    n_inputs: int
     widths: tuple[int, ...]
     layers: list[IntLayer]
+
+    @property
+    def wide(self) -> bool:
+        """Fan-in above MAX_FAN_IN: products need float64 to stay exact."""
+        return max(self.n_inputs, *self.widths) > MAX_FAN_IN
 
     # ---------------------------------------------------------------- serialisation
     def to_bytes(self) -> bytes:
         out = io.BytesIO()
-        out.write(struct.pack("<B", len(self.widths)))
+        out.write(struct.pack("<HB", self.n_inputs, len(self.widths)))
         out.write(struct.pack(f"<{len(self.widths)}H", *self.widths))
         for layer in self.layers:
             out.write(layer.weight.astype(np.int8).tobytes())
@@ -87,14 +95,14 @@ class IntMLP:
         except zlib.error as exc:
             raise FormatError(f"embedded network weights are corrupt: {exc}") from None
         try:
-            (n_hidden,) = struct.unpack_from("<B", raw, 0)
-            widths = struct.unpack_from(f"<{n_hidden}H", raw, 1)
+            n_inputs, n_hidden = struct.unpack_from("<HB", raw, 0)
+            widths = struct.unpack_from(f"<{n_hidden}H", raw, 3)
         except struct.error:
             raise FormatError("embedded network header is truncated") from None
-        if not 1 <= n_hidden <= 8 or any(not 1 <= w <= MAX_FAN_IN for w in widths):
-            raise FormatError(f"embedded network has unsupported widths {widths}")
-        dims = (N_INPUTS, *widths, 2)
-        pos = 1 + 2 * n_hidden
+        if not 1 <= n_hidden <= 8 or any(not 1 <= w <= MAX_WIDE_FAN_IN for w in (n_inputs, *widths)):
+            raise FormatError(f"embedded network has unsupported widths {(n_inputs, *widths)}")
+        dims = (n_inputs, *widths, 2)
+        pos = 3 + 2 * n_hidden
         layers = []
         for a, b in zip(dims[:-1], dims[1:]):
             need = a * b + 8 * b + b
@@ -111,13 +119,13 @@ class IntMLP:
                 or np.abs(bias).max(initial=0) > MAX_BIAS
                 or shift.min(initial=0) < 0
                 or shift.max(initial=0) > 40
-                or a > MAX_FAN_IN
+                or a > MAX_WIDE_FAN_IN
             ):
                 raise FormatError("embedded network parameters are out of range")
             layers.append(IntLayer(w, bias, shift))
         if pos != len(raw):
             raise FormatError("embedded network has trailing bytes")
-        return cls(tuple(widths), layers)
+        return cls(n_inputs, tuple(widths), layers)
 
     @property
     def n_params(self) -> int:
@@ -126,7 +134,7 @@ class IntMLP:
     # ---------------------------------------------------------------- inference
     def torch_layers(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per layer: bias, weights (in, out) and the per-channel factor 2^-shift, as floats."""
-        dtype = torch.float32 if device.type == "cpu" else torch.float64
+        dtype = torch.float32 if device.type == "cpu" and not self.wide else torch.float64
         out = []
         for layer in self.layers:
             w = torch.as_tensor(layer.weight.T.copy(), dtype=dtype, device=device)
@@ -136,7 +144,7 @@ class IntMLP:
         return out
 
     def forward(self, inputs: np.ndarray, device: torch.device | None = None, cache: dict | None = None) -> np.ndarray:
-        """Exact integer forward pass: (n, N_INPUTS) int -> (n, 2) int64.
+        """Exact integer forward pass: (n, n_inputs) int -> (n, 2) int64.
 
         Each layer computes floor(leaky((h @ W + bias) * 2^-shift)) and clamps hidden
         activations to [-ACT_MAX, ACT_MAX]. Every |h| <= 1023, |W| <= 127, fan-in <= 64 and
@@ -175,7 +183,7 @@ def _channel_shift(max_abs: np.ndarray, limit: int) -> np.ndarray:
 
 
 def quantize(model: FloatMLP, calibration: np.ndarray) -> IntMLP:
-    """Quantise a float model; activation scales come from `calibration` inputs (n, N_INPUTS)."""
+    """Quantise a float model; activation scales come from `calibration` inputs (n, n_inputs)."""
     with torch.no_grad():
         x = torch.as_tensor(calibration, dtype=torch.float32)
         h = x / float(1 << INPUT_FRAC_BITS)
@@ -209,17 +217,4 @@ def quantize(model: FloatMLP, calibration: np.ndarray) -> IntMLP:
         bq = bq + np.where(shift > 0, np.int64(1) << np.maximum(shift - 1, 0), 0)
         bq = np.clip(bq, -MAX_BIAS, MAX_BIAS)
         layers.append(IntLayer(wq, bq, shift))
-    return IntMLP(model.widths, layers)
-
-
-def coding_params(out: np.ndarray, feats: Features, vmin: int, vmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Integer mean and table key (side * N_CLASSES + class) from the network's integer outputs."""
-    frac = MEAN_FRAC_BITS + FEATURE_SHIFT
-    mean_out = np.clip(out[:, 0], -(1 << 30), 1 << 30)
-    offset = (mean_out * feats.divisor + (1 << (frac - 1))) >> frac
-    mu = np.clip(feats.ref + offset, vmin, vmax)
-    cls = np.clip(feats.bucket + np.clip(out[:, 1], -N_CLASSES, N_CLASSES), 0, N_CLASSES - 1)
-    side = np.where(mu == vmin, 1, np.where(mu == vmax, 2, 0))
-    if vmin == vmax:
-        side[:] = 1
-    return mu, (side * N_CLASSES + cls).astype(np.int32)
+    return IntMLP(model.n_inputs, model.widths, layers)

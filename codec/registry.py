@@ -32,10 +32,20 @@ class ShippedModel:
     tables_file: str
     meta: dict
 
+    @property
+    def spec(self):
+        """The context model this network was trained for (from its profile)."""
+        from codec.context import context_spec
+        from codec.profiles import PROFILES
+
+        if self.profile not in PROFILES:
+            raise FormatError(f"model {self.model_id} belongs to unknown profile {self.profile!r}")
+        return context_spec(PROFILES[self.profile].context)
+
     def float_model(self) -> FloatMLP:
         import torch
 
-        model = FloatMLP(self.net.widths)
+        model = FloatMLP(self.net.widths, self.net.n_inputs)
         model.load_state_dict({k: torch.as_tensor(v) for k, v in self.float_state.items()})
         return model
 

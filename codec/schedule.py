@@ -1,6 +1,6 @@
 """Decode order: a 3-D wavefront over all slabs at once.
 
-Voxel (z, y, x) of a slab is coded at step t = x + A*y + B*z. Every context voxel of
+Voxel (z, y, x) of a slab is coded at step t = x + A*y + B*z (A, B from the context's reach). Every context voxel of
 `context.NEIGHBOURS` has a strictly smaller step (A > max dx over the row above, B > max
 (dx + A*dy) over the previous-slice window), so all voxels of one step can be predicted
 together in one network batch. A volume takes X + A*Y + B*D steps for slabs of depth D,
@@ -20,9 +20,19 @@ import numpy as np
 
 from codec.context import NEIGHBOURS, SlabGeometry
 
-A = 1 + max(dx for dz, dy, dx in NEIGHBOURS if dz == 0 and dy == -1)
-B = 1 + max(dx + A * dy for dz, dy, dx in NEIGHBOURS if dz == -1)
-assert all(dx + A * dy + B * dz < 0 for dz, dy, dx in NEIGHBOURS), "context is not causal for the wavefront"
+
+def wavefront_constants(neighbours: tuple[tuple[int, int, int], ...]) -> tuple[int, int]:
+    """Smallest (A, B) such that every neighbour has a smaller step x + A*y + B*z."""
+    a = 1 + max([dx for dz, dy, dx in neighbours if dz == 0 and dy < 0] + [0])
+    a = max([a] + [-(-(dx + 1) // -dy) for dz, dy, dx in neighbours if dz == 0 and dy < 0])
+    b = 1 + max([dx + a * dy for dz, dy, dx in neighbours if dz == -1] + [0])
+    b = max([b] + [-(-(dx + a * dy + 1) // -dz) for dz, dy, dx in neighbours if dz < 0])
+    if not all(dx + a * dy + b * dz < 0 for dz, dy, dx in neighbours):
+        raise ValueError("context is not causal for a wavefront")
+    return a, b
+
+
+A, B = wavefront_constants(NEIGHBOURS)
 
 
 @dataclass
@@ -48,7 +58,8 @@ class Wavefront:
         slab = np.concatenate(slabs)
         z = np.concatenate(zs)
         y = np.concatenate(ys)
-        start = A * y + B * z
+        a, b = wavefront_constants(geometry.neighbours)
+        start = a * y + b * z
         order = np.argsort(start, kind="stable")
         self.row_start = start[order]
         self.row_slab = slab[order]

@@ -17,6 +17,7 @@ import torch
 
 from codec import registry
 from codec.entropy import CodingTables, build_tables, save_tables
+from codec.context import LOCAL, ContextSpec, context_spec
 from codec.fit import Samples, fit, mean_bits, sample_volume
 from codec.network import FloatMLP, quantize
 from codec.profiles import get_profile
@@ -42,12 +43,12 @@ def volume_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in data_dir.iterdir() if p.name.endswith((".nii", ".nii.gz")))
 
 
-def collect_samples(files: list[Path], slab_depth: int, per_volume: int, seed: int) -> Samples:
+def collect_samples(files: list[Path], slab_depth: int, per_volume: int, seed: int, spec: ContextSpec = LOCAL) -> Samples:
     parts = []
     for i, path in enumerate(files):
         vol, vmin, vmax = load_nifti_zyx(path)
         rng = np.random.default_rng(seed + i)
-        parts.append(sample_volume(vol, vmin, vmax, slab_depth, per_volume, rng))
+        parts.append(sample_volume(vol, vmin, vmax, slab_depth, per_volume, rng, spec=spec))
     return Samples.concat(parts)
 
 
@@ -55,13 +56,15 @@ def train_model(
     profile_name: str, files: list[Path], *, steps: int, per_volume: int, seed: int, log=print
 ) -> tuple[FloatMLP, Samples]:
     profile = get_profile(profile_name)
+    spec = context_spec(profile.context)
     torch.manual_seed(seed)
-    samples = collect_samples(files, profile.slab_depth, per_volume, seed)
-    model = FloatMLP(profile.widths)
+    samples = collect_samples(files, profile.slab_depth, per_volume, seed, spec)
+    model = FloatMLP(profile.widths, spec.n_inputs)
     t0 = time.perf_counter()
-    fit(model, samples, steps, batch=8192, lr=3e-3, seed=seed)
+    wide = max(profile.widths) > 64
+    fit(model, samples, steps, batch=1024 if wide else 8192, lr=1e-3 if wide else 3e-3, seed=seed, spec=spec, loss=profile.loss)
     log(f"trained {profile_name} on {len(files)} volumes, {len(samples)} samples, {steps} steps "
-        f"in {time.perf_counter() - t0:.1f}s: {mean_bits(model, samples):.3f} bits/voxel (train sample)")
+        f"in {time.perf_counter() - t0:.1f}s: {mean_bits(model, samples, spec):.3f} bits/voxel (train sample, float)")
     return model, samples
 
 

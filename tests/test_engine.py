@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codec import engine, registry
-from codec.context import N_INPUTS, NEIGHBOURS, SlabGeometry, compute_features, gather_neighbours, slice_neighbours
+from codec.context import N_INPUTS, NEIGHBOURS, SlabGeometry, compute_features, gather_neighbours
+from codec.context_paper import CUBE
+from codec.schedule import wavefront_constants
 from codec.entropy import N_CLASSES, N_DIRECT, N_SIDES, N_TOKENS, FREQ_BITS, detokenize, token_extra_bits, tokenize
 from codec.errors import FormatError
 from codec.fit import load_into_buffer, slab_bounds
@@ -139,8 +141,9 @@ def test_garbage_weights_are_format_errors(blob: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------- contexts and schedule
-def test_wavefront_is_causal_and_complete() -> None:
-    geometry = SlabGeometry((3, 2), 5, 7)
+@pytest.mark.parametrize("neighbours", [NEIGHBOURS, CUBE], ids=["local", "paper-cube"])
+def test_wavefront_is_causal_and_complete(neighbours) -> None:
+    geometry = SlabGeometry((3, 2), 5, 7, neighbours)
     seen = np.zeros(geometry.total_size, dtype=np.int64) - 1
     for t, step in enumerate(Wavefront(geometry).steps()):
         # every context voxel of every voxel in this step was coded in an earlier step (or is padding)
@@ -150,20 +153,19 @@ def test_wavefront_is_causal_and_complete() -> None:
         seen[step.index] = t
     for s in range(2):
         assert (geometry.interior(seen, s) >= 0).all()
-    assert all(dx + A * dy + B * dz < 0 for dz, dy, dx in NEIGHBOURS)
+    a, b = wavefront_constants(neighbours)
+    assert all(dx + a * dy + b * dz < 0 for dz, dy, dx in neighbours)
+    assert (A, B) == (3, 9)
 
 
 def test_encoder_and_decoder_contexts_agree() -> None:
     vol = smooth_volume((4, 9, 11), 0, 900, 0)
     geometry, buffer = load_into_buffer(vol, slab_bounds(4, 3), 0)
     for s, depth in enumerate(geometry.depths):
-        block = buffer[int(geometry.bases[s]) : int(geometry.bases[s]) + geometry.slab_size(depth)].reshape(
-            depth + 1, -1, geometry.row_stride
-        )
         for z in range(depth):
             yy, xx = np.meshgrid(np.arange(9), np.arange(11), indexing="ij")
             idx = geometry.voxel_index(s, np.full(yy.size, z), yy.ravel(), xx.ravel())
-            a = compute_features(slice_neighbours(block, z, 9, 11), np.full(yy.size, z == 0), 0, 900)
+            a = compute_features(geometry.slice_neighbours(buffer, s, z), np.full(yy.size, z == 0), 0, 900)
             b = compute_features(gather_neighbours(buffer, idx, geometry.offsets), np.full(yy.size, z == 0), 0, 900)
             assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.ref, b.ref)
 
