@@ -194,6 +194,14 @@ def test_cross_origin_redirect_does_not_leak_the_api_key(volume, tmp_path):
         blob = [a for a in store.attempts if a["route"].startswith("GET /blob")]
         assert len(blob) == 1 and blob[0]["auth"] is None and blob[0]["x_api_key"] is None
 
+        async def fetch():
+            async with AsyncClient(api.url, api_key="s3cret", retry=FAST) as client:
+                return await client.download(job, tmp_path / "a.bin")
+
+        assert asyncio.run(fetch()).read_bytes() == transform(volume.read_bytes())
+        blob = [a for a in store.attempts if a["route"].startswith("GET /blob")]
+        assert len(blob) == 2 and blob[1]["auth"] is None and blob[1]["x_api_key"] is None
+
 
 def test_wrong_api_key_is_an_authentication_error(volume):
     with FakeNVC(api_key="right") as api, Client(api.url, api_key="wrong", retry=FAST) as client:

@@ -64,9 +64,12 @@ class AsyncClient:
             verify=verify_tls,
             follow_redirects=False,
         )
+        self._bare: httpx.AsyncClient | None = None
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._bare is not None:
+            await self._bare.aclose()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -243,9 +246,9 @@ class AsyncClient:
             if urlsplit(location)[:2] == urlsplit(self.base_url)[:2]:
                 response = await self._send("GET", location, stream=True)
             else:
-                async with httpx.AsyncClient(timeout=self._timeout, verify=self._verify_tls) as bare:
-                    response = await self._send("GET", location, stream=True, client=bare)
-                    await response.aread()
+                if self._bare is None:  # no headers of ours (API key) for other origins
+                    self._bare = httpx.AsyncClient(timeout=self._timeout, verify=self._verify_tls)
+                response = await self._send("GET", location, stream=True, client=self._bare)
         _base.raise_for_response(response)
         return response
 

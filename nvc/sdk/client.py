@@ -85,11 +85,22 @@ class Client:
             verify=verify_tls,
             follow_redirects=False,
         )
+        self._bare: httpx.Client | None = None
+        self._bare_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
 
     def close(self) -> None:
         self._http.close()
+        if self._bare is not None:
+            self._bare.close()
+
+    def _bare_client(self) -> httpx.Client:
+        """A client without our headers (API key) for other origins, e.g. presigned S3 URLs."""
+        with self._bare_lock:
+            if self._bare is None:
+                self._bare = httpx.Client(timeout=self._timeout, verify=self._verify_tls, follow_redirects=False)
+            return self._bare
 
     def __enter__(self) -> "Client":
         return self
@@ -288,9 +299,7 @@ class Client:
             if same_origin:
                 response = self._send("GET", location, stream=True)
             else:
-                with httpx.Client(timeout=self._timeout, verify=self._verify_tls) as bare:
-                    response = self._send("GET", location, stream=True, client=bare)
-                    response.read()  # the bare client closes here: buffer this (rare) case
+                response = self._send("GET", location, stream=True, client=self._bare_client())
         _base.raise_for_response(response)
         return response
 
