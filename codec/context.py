@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codec.entropy import N_CLASSES
+from codec.entropy import N_CLASSES, N_LEVELS, N_SHAPES
 
 #: Fixed-point bits of the network's mean output.
 MEAN_FRAC_BITS = 8
@@ -245,12 +245,14 @@ def coding_params(out: np.ndarray, feats: Features, vmin: int, vmax: int) -> tup
 
 
 def table_keys(mu: np.ndarray, cls: np.ndarray, vmin: int, vmax: int) -> np.ndarray:
-    """Key of the coding table: side (interior / on the minimum / on the maximum) and class."""
+    """Key of the coding table: level of mu in the range, side (interior / on the minimum /
+    on the maximum) and scale class."""
     cls = np.clip(cls, 0, N_CLASSES - 1)
     side = np.where(mu == vmin, 1, np.where(mu == vmax, 2, 0))
     if vmin == vmax:
         side[:] = 1
-    return (side * N_CLASSES + cls).astype(np.int32)
+    level = np.minimum(((mu - vmin) * N_LEVELS) // (vmax - vmin + 1), N_LEVELS - 1)
+    return (level * N_SHAPES + side * N_CLASSES + cls).astype(np.int32)
 
 
 def float_params(out, aux):

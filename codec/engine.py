@@ -186,10 +186,10 @@ def _choose_predictor(
     profile_name: str,
     progress: Progress,
     laid_out: tuple[SlabGeometry, np.ndarray],
+    shipped: registry.ShippedModel,
 ) -> Predictor:
     """The shipped model, or a copy fine-tuned on this volume when that pays for its weights."""
     profile = get_profile(profile_name)
-    shipped = registry.current_model(profile_name)
     tables = registry.load_tables(shipped.tables_file)
     spec = shipped.spec
     base = Predictor(shipped.net, tables, shipped.model_id, False, spec=spec)
@@ -232,14 +232,26 @@ def encode_volume(
     progress: Progress = None,
     threads: int | None = None,
     device: torch.device | None = None,
+    base_model: registry.ShippedModel | None = None,
 ) -> EncodedVolume:
-    """Code a (Z, Y, X) int32 volume with values in [vmin, vmax]."""
+    """Code a (Z, Y, X) int32 volume with values in [vmin, vmax].
+
+    `base_model` replaces the profile's shipped model: for evaluation only (leave-one-out
+    training measures sizes with models that are not shipped, so their files cannot be decoded).
+    """
     with torch_threads(threads):
-        return _encode_volume(volume, vmin, vmax, profile, progress, device)
+        shipped = base_model or registry.current_model(profile)
+        return _encode_volume(volume, vmin, vmax, profile, progress, device, shipped)
 
 
 def _encode_volume(
-    volume: np.ndarray, vmin: int, vmax: int, profile: str, progress: Progress, device: torch.device | None
+    volume: np.ndarray,
+    vmin: int,
+    vmax: int,
+    profile: str,
+    progress: Progress,
+    device: torch.device | None,
+    shipped: registry.ShippedModel,
 ) -> EncodedVolume:
     if volume.ndim != 3 or volume.size == 0:
         raise UnsupportedInputError(f"engine expects a non-empty (Z, Y, X) volume, got shape {volume.shape}")
@@ -247,10 +259,10 @@ def _encode_volume(
         raise UnsupportedInputError(f"value range [{vmin}, {vmax}] spans more than 16 bits")
     volume = np.ascontiguousarray(volume, dtype=np.int32)
     prof = get_profile(profile)
-    spec = registry.current_model(profile).spec
+    spec = shipped.spec
     slabs = slab_bounds(volume.shape[0], prof.slab_depth)
     geometry, buffer = load_into_buffer(volume, slabs, vmin, spec)
-    pred = _choose_predictor(volume, vmin, vmax, profile, progress, (geometry, buffer))
+    pred = _choose_predictor(volume, vmin, vmax, profile, progress, (geometry, buffer), shipped)
     device = device or default_device()
 
     # 1. every voxel's coding parameters at once (the encoder knows all values)

@@ -32,6 +32,11 @@ N_TOKENS = 2 * N_DIRECT + 1 + 2 * (1 << MANTISSA_BITS) * (MAX_EXPONENT - 3)
 
 N_CLASSES = 72
 N_SIDES = 3  # 0: interior, 1: mu == vmin (r >= 0), 2: mu == vmax (r <= 0)
+#: Per-volume tables are also split by the mean's level in the volume's range (eighths): noise
+#: differs between air, tissue and bone. Shipped tables are the same for every level.
+N_LEVELS = 8
+N_SHAPES = N_SIDES * N_CLASSES  # distinct shipped tables
+N_KEYS = N_LEVELS * N_SHAPES  # key = level * N_SHAPES + side * N_CLASSES + class
 BASE_SCALE = 0.1
 #: Frequencies of each table sum to about 2^FREQ_BITS; the largest is capped so that a
 #: coded token costs at least -log2(1 - 2^-12) bits (bounds the voxels a payload can hold).
@@ -162,20 +167,21 @@ class CodingTables:
 
     @cached_property
     def models(self) -> list:
-        """Flat list indexed by key = side * N_CLASSES + class."""
+        """Flat list indexed by table key (every level shares the shipped tables)."""
         out = []
         for side in range(N_SIDES):
             for k in range(N_CLASSES):
                 f = self.freqs[side, k].astype(np.float64)
                 out.append(constriction.stream.model.Categorical(f / f.sum(), perfect=False))
-        return out
+        return out * N_LEVELS
 
     @cached_property
     def cost_bits(self) -> np.ndarray:
-        """-log2 probability of each token under each table (for rate estimates, not coding)."""
+        """(N_KEYS, N_TOKENS) -log2 probability of each token (for rate estimates, not coding)."""
         f = self.freqs.astype(np.float64)
         with np.errstate(divide="ignore"):
-            return -np.log2(np.maximum(f, 1) / f.sum(axis=-1, keepdims=True)).reshape(N_SIDES * N_CLASSES, N_TOKENS)
+            bits = -np.log2(np.maximum(f, 1) / f.sum(axis=-1, keepdims=True)).reshape(N_SHAPES, N_TOKENS)
+        return np.tile(bits, (N_LEVELS, 1))
 
 
 UNIFORM = constriction.stream.model.Uniform()
@@ -264,7 +270,7 @@ class AdaptiveTables:
 
     def __init__(self, codes: dict[int, np.ndarray]) -> None:
         self.codes = codes
-        models: list = [None] * (N_SIDES * N_CLASSES)
+        models: list = [None] * N_KEYS
         for key, q in codes.items():
             f = dequantise_codes(q).astype(np.float64)
             models[key] = constriction.stream.model.Categorical(f / f.sum(), perfect=False)
@@ -272,9 +278,9 @@ class AdaptiveTables:
 
     @staticmethod
     def count(keys: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """(N_SIDES * N_CLASSES, N_TOKENS) histogram of coded symbols."""
+        """(N_KEYS, N_TOKENS) histogram of coded symbols."""
         flat = keys.astype(np.int64) * N_TOKENS + tokens
-        return np.bincount(flat, minlength=N_SIDES * N_CLASSES * N_TOKENS).reshape(N_SIDES * N_CLASSES, N_TOKENS)
+        return np.bincount(flat, minlength=N_KEYS * N_TOKENS).reshape(N_KEYS, N_TOKENS)
 
     @classmethod
     def from_counts(cls, counts: np.ndarray) -> "AdaptiveTables":
@@ -291,8 +297,7 @@ class AdaptiveTables:
         return total
 
     def to_bytes(self) -> bytes:
-        n_keys = N_SIDES * N_CLASSES
-        bitmap = np.zeros(n_keys, dtype=bool)
+        bitmap = np.zeros(N_KEYS, dtype=bool)
         bitmap[list(self.codes)] = True
         rows = [self.codes[k] for k in sorted(self.codes)]
         body = np.packbits(bitmap).tobytes() + (np.stack(rows).tobytes() if rows else b"")
@@ -302,7 +307,7 @@ class AdaptiveTables:
     def from_bytes(cls, blob: bytes) -> "AdaptiveTables":
         from codec.errors import FormatError
 
-        n_keys = N_SIDES * N_CLASSES
+        n_keys = N_KEYS
         head = (n_keys + 7) // 8
         try:
             body = zlib.decompressobj().decompress(blob, head + n_keys * N_TOKENS + 1)

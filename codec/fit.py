@@ -123,6 +123,7 @@ def code_length_bits(out: torch.Tensor, s: Samples, spec: ContextSpec = LOCAL, d
 
 
 PCC_WEIGHT = 1.0
+SCALE_WEIGHT = 0.05  # the scale head learns only from this term (the mean is detached there)
 
 
 def paper_loss(out: torch.Tensor, s: Samples, spec: ContextSpec) -> torch.Tensor:
@@ -136,7 +137,7 @@ def paper_loss(out: torch.Tensor, s: Samples, spec: ContextSpec) -> torch.Tensor
     mae = (pred - target).abs().mean()
     pc, tc = pred - pred.mean(), target - target.mean()
     pcc = (pc * tc).sum() / (pc.norm() * tc.norm() + 1e-8)
-    return mae + PCC_WEIGHT * (1 - pcc.abs()) + 1e-3 * code_length_bits(out, s, spec, detach_mean=True).mean()
+    return mae + PCC_WEIGHT * (1 - pcc.abs()) + SCALE_WEIGHT * code_length_bits(out, s, spec, detach_mean=True).mean()
 
 
 def fit(
