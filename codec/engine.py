@@ -201,6 +201,8 @@ def _choose_predictor(
     n_held = min(65536, volume.size // 4)
     n_fit = int(min(profile.fit_samples, volume.size - n_held))
     drawn = sample_volume(volume, vmin, vmax, profile.slab_depth, n_fit + n_held, rng, laid_out, spec)
+    if progress:
+        progress(0.02)
     samples = drawn.subset(slice(0, n_fit))
     held = drawn.subset(slice(n_fit, None))
     model = shipped.float_model()

@@ -59,6 +59,9 @@ def register(subparsers) -> None:
                    "also jxl_e9, zstd19, xz9; 'none' for NVC only)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the results as JSON")
     p.add_argument("--md", dest="md_out", metavar="OUT", help="write the table as Markdown")
+    p.add_argument("--crop", metavar="X,Y,Z", default=None,
+                   help="bench every codec on the centred sub-volume of this size (NIfTI axis order): "
+                   "for slow profiles such as `paper` on the CPU")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=cmd_bench)
 
