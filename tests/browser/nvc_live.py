@@ -49,6 +49,16 @@ def codec_works() -> str | None:
     return None
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGTERM to `nvc serve` if the test process dies, so a crashed run leaks nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 class LiveServer:
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="nvc-live-"))
@@ -67,6 +77,7 @@ class LiveServer:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
 
     def wait_ready(self, timeout: float = 90.0) -> None:
