@@ -22,13 +22,19 @@ class Profile:
     fit_samples: int = 262_144  # voxels sampled from the volume for fitting
     context: str = "local"  # codec.context.context_spec name
     loss: str = "bits"  # "bits": the code length; "paper": MAE + lambda (1 - |PCC|) for the mean
+    base_model: str | None = None  # start from another profile's shipped model (default: its own)
+
+    @property
+    def model_profile(self) -> str:
+        return self.base_model or self.name
 
 
 PROFILES: dict[str, Profile] = {
     # CPU default: the speed target is 2 MB/s of raw voxels on 2 cores.
     "default": Profile("default", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=100.0, fit_min_steps=150, fit_max_steps=3000),
     # GPU workers: same network, more fitting (the GPU makes it cheap).
-    "gpu": Profile("gpu", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=1000.0, fit_min_steps=2000, fit_max_steps=20000, fit_batch=4096),
+    "gpu": Profile("gpu", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=1000.0, fit_min_steps=2000, fit_max_steps=20000, fit_batch=4096,
+                   base_model="default"),
     # The seed paper's configuration (causal 11x11x11 cube, FC 1024-512-256-128, MAE + PCC loss),
     # kept so its claims can be checked on our data: about 1.4 M multiply-adds per voxel.
     "paper": Profile("paper", widths=(1024, 512, 256, 128), slab_depth=32, fit_steps_per_mvoxel=0.0,

@@ -95,6 +95,10 @@ def load_model(model_id: str) -> ShippedModel:
 
 
 def current_model(profile: str) -> ShippedModel:
+    from codec.profiles import PROFILES
+
+    if profile in PROFILES:
+        profile = PROFILES[profile].model_profile
     ids = manifest().get("profiles", {})
     if profile not in ids:
         raise FormatError(f"no shipped model for profile {profile!r}: run `nvc train`")
