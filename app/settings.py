@@ -65,7 +65,30 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated API keys; when set every job route needs one (reserved for the auth work).",
+        description="Comma-separated API keys (`Authorization: Bearer <key>`); when set, or when the key file "
+        "exists, every job route needs a key and each key sees only its own jobs.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="File of SHA-256-hashed API keys managed by `nvc keys create|list|revoke` "
+        "(default: DATA_DIR/api-keys.json).",
+    )
+    max_volume_bytes: int = Field(
+        default=8 * 1024**3, gt=0,
+        description="Largest volume (voxel bytes) an upload may declare in its header; larger is a 413 before "
+        "anything is allocated.",
+    )
+    rate_limit_per_minute: int = Field(
+        default=1200, ge=0, description="Requests per minute per API key on job routes (429 beyond; 0: no limit)."
+    )
+    rate_limit_burst: int = Field(default=200, ge=1, description="Requests a key may make at once above the rate.")
+    max_active_jobs: int = Field(
+        default=64, ge=0, description="Queued plus running jobs per API key (429 beyond; 0: no limit)."
+    )
+    request_timeout_seconds: float = Field(
+        default=120.0, gt=0,
+        description="A request must be answered within this time (504), and an upload may stall at most this "
+        "long between two chunks (408).",
     )
     orphan_sweep_seconds: int = Field(
         default=600, ge=0, description="How often the API deletes stored objects whose job expired (0: never)."
@@ -87,6 +110,19 @@ class Settings(BaseSettings):
         default=0.2, ge=0, description="Least time between two progress writes of a running job."
     )
     warmup: bool = Field(default=True, description="Workers code a tiny volume at start-up so the first job is fast.")
+    heartbeat_timeout_seconds: float = Field(
+        default=120.0, gt=0,
+        description="A running job whose worker has not reported for this long is re-queued (or failed after "
+        "MAX_ATTEMPTS).",
+    )
+    watchdog_seconds: float = Field(
+        default=15.0, ge=0,
+        description="How often the API looks for running jobs with a lost worker or past their time limit (0: never).",
+    )
+    storage_retry_seconds: float = Field(
+        default=60.0, ge=0,
+        description="How long a worker retries unreachable object storage before the job fails.",
+    )
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
@@ -99,6 +135,11 @@ class Settings(BaseSettings):
     def resolved_storage_dir(self) -> Path:
         """The local storage folder (STORAGE_DIR, else DATA_DIR/objects)."""
         return self.storage_dir if self.storage_dir is not None else self.data_dir / "objects"
+
+    @property
+    def resolved_api_keys_file(self) -> Path:
+        """The key file of `nvc keys` (API_KEYS_FILE, else DATA_DIR/api-keys.json)."""
+        return self.api_keys_file if self.api_keys_file is not None else self.data_dir / "api-keys.json"
 
     @property
     def resolved_submit_queue(self) -> str:
