@@ -19,6 +19,7 @@ class Services:
     jobs: AsyncJobStore
     storage: Storage
     celery: Any  # celery.Celery (publishing only)
+    store_epoch: str | None = None  # the job store's epoch as first seen (app/watchdog.py)
 
 
 def get_services(request: Request) -> Services:

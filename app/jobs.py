@@ -57,11 +57,16 @@ FIELDS: dict[str, type] = {
     "queue": str,
     "idempotency_key": str,
     "result_deleted": bool,
+    "attempt_id": str,
+    "heartbeat_at": float,
 }
 
 #: Duration histograms kept in Redis (seconds); buckets suit tiny to multi-GB jobs.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
+# ARGV: new state, ttl, event channel, n, n allowed states, expires_at, then name/value pairs:
+# a name starting with '?' is a guard (the record's field must hold that value), others are
+# written. KEYS: job hash, stats hash, the index of running jobs (a sorted set).
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, ''} end
@@ -70,7 +75,14 @@ local ok = false
 for i = 1, n do if ARGV[4 + i] == cur then ok = true end end
 if not ok then return {0, cur} end
 local fields = {'state', ARGV[1], 'expires_at', ARGV[5 + n]}
-for i = 6 + n, #ARGV do table.insert(fields, ARGV[i]) end
+for i = 6 + n, #ARGV, 2 do
+  if string.sub(ARGV[i], 1, 1) == '?' then
+    if redis.call('HGET', KEYS[1], string.sub(ARGV[i], 2)) ~= ARGV[i + 1] then return {0, cur} end
+  else
+    table.insert(fields, ARGV[i])
+    table.insert(fields, ARGV[i + 1])
+  end
+end
 redis.call('HSET', KEYS[1], unpack(fields))
 if cur ~= ARGV[1] then
   local kind = redis.call('HGET', KEYS[1], 'kind')
@@ -78,14 +90,32 @@ if cur ~= ARGV[1] then
   redis.call('HINCRBY', KEYS[2], 'current:' .. ARGV[1], 1)
   redis.call('HINCRBY', KEYS[2], 'total:' .. kind .. ':' .. ARGV[1], 1)
 end
+local id = redis.call('HGET', KEYS[1], 'id')
+if id then
+  if ARGV[1] == 'running' then
+    local t = redis.call('TIME')
+    redis.call('ZADD', KEYS[3], tonumber(t[1]), id)
+  elseif cur == 'running' then
+    redis.call('ZREM', KEYS[3], id)
+  end
+end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 return {1, cur}
 """
 
+# Progress and heartbeat of a running attempt. ARGV: progress ('' keeps it), attempt id ('':
+# any), now. Returns the state, or 'superseded' when another attempt owns the job now.
 _PROGRESS = """
 local cur = redis.call('HGET', KEYS[1], 'state')
-if cur == 'running' then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) end
+if cur == 'running' then
+  if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt_id') ~= ARGV[2] then return 'superseded' end
+  if ARGV[1] ~= '' then
+    redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'heartbeat_at', ARGV[3])
+  else
+    redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[3])
+  end
+end
 return cur or ''
 """
 
@@ -108,6 +138,16 @@ class Keys:
     @property
     def stats(self) -> str:
         return f"{self.prefix}stats"
+
+    @property
+    def running(self) -> str:
+        """Sorted set of the ids of running jobs (the watchdog's work list)."""
+        return f"{self.prefix}running"
+
+    @property
+    def epoch(self) -> str:
+        """A random value set once per Redis data set: a new value means the store lost its data."""
+        return f"{self.prefix}epoch"
 
     @property
     def hist(self) -> str:
@@ -150,16 +190,19 @@ def decode_record(raw: dict[str, str]) -> dict[str, Any] | None:
 
 
 def _transition_args(
-    keys: Keys, job_id: str, new_state: str, allowed: Iterable[str], ttl: int, fields: dict[str, Any]
+    keys: Keys, job_id: str, new_state: str, allowed: Iterable[str], ttl: int, fields: dict[str, Any],
+    guard: dict[str, Any] | None = None,
 ) -> tuple[list[str], list[str]]:
     if new_state not in STATES:
         raise ValueError(new_state)
     allowed = list(allowed)
     flat: list[str] = []
+    for name, value in encode_fields(guard or {}).items():
+        flat += ["?" + name, value]
     for name, value in encode_fields(fields).items():
         flat += [name, value]
     args = [new_state, str(ttl), keys.events(job_id), str(len(allowed)), *allowed, str(time.time() + ttl), *flat]
-    return [keys.job(job_id), keys.stats], args
+    return [keys.job(job_id), keys.stats, keys.running], args
 
 
 def _hist_commands(name: str, labels: str, value: float) -> list[tuple[str, str, float]]:
@@ -212,9 +255,12 @@ class JobStore:
         pipe.hincrby(self.keys.stats, f"total:{record['kind']}:queued", 1)
         pipe.execute()
 
-    def transition(self, job_id: str, new_state: str, allowed: Iterable[str], **fields: Any) -> tuple[bool, str]:
-        """Set `new_state` (+fields) if the current state is in `allowed`; (done, previous state)."""
-        keys, args = _transition_args(self.keys, job_id, new_state, allowed, self.ttl, fields)
+    def transition(
+        self, job_id: str, new_state: str, allowed: Iterable[str], guard: dict[str, Any] | None = None, **fields: Any
+    ) -> tuple[bool, str]:
+        """Set `new_state` (+fields) if the current state is in `allowed` and every `guard`
+        field holds its value; (done, previous state)."""
+        keys, args = _transition_args(self.keys, job_id, new_state, allowed, self.ttl, fields, guard)
         done, previous = self._transition(keys=keys, args=args)
         return bool(done), previous if isinstance(previous, str) else previous.decode()
 
@@ -224,9 +270,11 @@ class JobStore:
         if mapping and self.exists(job_id):
             self.r.hset(self.keys.job(job_id), mapping=mapping)
 
-    def set_progress(self, job_id: str, progress: float) -> str:
-        """Write progress if the job is running; return the current state (cancel check)."""
-        state = self._progress(keys=[self.keys.job(job_id)], args=[f"{progress:.4f}"])
+    def set_progress(self, job_id: str, progress: float | None, attempt_id: str = "") -> str:
+        """Write progress (None: only the heartbeat) if the job is running under `attempt_id`;
+        return the current state, or 'superseded' when another attempt owns the job."""
+        value = "" if progress is None else f"{progress:.4f}"
+        state = self._progress(keys=[self.keys.job(job_id)], args=[value, attempt_id, repr(time.time())])
         return state if isinstance(state, str) else state.decode()
 
     def count_bytes(self, direction: str, kind: str, amount: int) -> None:
@@ -263,9 +311,9 @@ class AsyncJobStore:
         await pipe.execute()
 
     async def transition(
-        self, job_id: str, new_state: str, allowed: Iterable[str], **fields: Any
+        self, job_id: str, new_state: str, allowed: Iterable[str], guard: dict[str, Any] | None = None, **fields: Any
     ) -> tuple[bool, str]:
-        keys, args = _transition_args(self.keys, job_id, new_state, allowed, self.ttl, fields)
+        keys, args = _transition_args(self.keys, job_id, new_state, allowed, self.ttl, fields, guard)
         done, previous = await self._transition(keys=keys, args=args)
         return bool(done), previous if isinstance(previous, str) else previous.decode()
 

@@ -21,8 +21,10 @@ from fastapi.staticfiles import StaticFiles
 
 import nvc
 from app import problems
+from app.auth import KeyRing
 from app.deps import Services
 from app.jobs import AsyncJobStore
+from app.limits import RequestTimeoutMiddleware
 from app.metrics import HttpMetrics, MetricsMiddleware
 from app.routes import health, jobs
 from app.settings import Settings, get_settings
@@ -75,12 +77,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             celery=make_celery(settings),
         )
         app.state.services = services
-        sweeper = asyncio.create_task(_sweeper(services)) if settings.orphan_sweep_seconds > 0 else None
+        from app.watchdog import remember_epoch, watchdog
+
+        try:
+            with anyio.fail_after(5):
+                await remember_epoch(services)
+        except Exception as exc:  # Redis down at start-up: /readyz says so; the watchdog retries
+            log.warning("job store not reachable at start-up: %s", exc)
+        tasks = []
+        if settings.orphan_sweep_seconds > 0:
+            tasks.append(asyncio.create_task(_sweeper(services)))
+        if settings.watchdog_seconds > 0:
+            tasks.append(asyncio.create_task(watchdog(services)))
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
+            for task in tasks:
+                task.cancel()
             await client.aclose()
 
     app = FastAPI(
@@ -90,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.http_metrics = HttpMetrics()
+    app.state.keyring = KeyRing.from_settings(settings)
     problems.install(app)
     app.include_router(jobs.router)
     app.include_router(health.router)
@@ -101,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Location", "Idempotent-Replayed", "Content-Disposition", "ETag"],
         )
+    app.add_middleware(RequestTimeoutMiddleware, timeout=settings.request_timeout_seconds)
     app.add_middleware(MetricsMiddleware, metrics=app.state.http_metrics)
     mount_static(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

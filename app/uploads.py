@@ -14,6 +14,7 @@ import hashlib
 import re
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -39,6 +40,7 @@ class Upload:
     filename: str | None = None
     head: bytes = b""
     fields: dict[str, str] = field(default_factory=dict)
+    volume: Any = None  # app.validate.VolumeInfo when a validator was given
 
 
 def sniff_volume(head: bytes) -> str | None:
@@ -75,10 +77,13 @@ def stem_of(filename: str | None, default: str = "volume") -> str:
 
 
 class _Sink:
-    """Hash, count, limit and batch bytes on their way to a storage writer."""
+    """Hash, count, limit and batch bytes on their way to a storage writer (and through the
+    upload validator, in the same worker thread as the write: it may inflate gzip data)."""
 
-    def __init__(self, writer: Writer, max_bytes: int, check_head):
+    def __init__(self, writer: Writer, max_bytes: int, check_head, validator=None, on_batch=None):
         self.writer = writer
+        self.validator = validator
+        self.on_batch = on_batch
         self.max_bytes = max_bytes
         self.check_head = check_head
         self.hash = hashlib.sha256()
@@ -108,21 +113,36 @@ class _Sink:
             data = b"".join(self.pending)
             self.pending.clear()
             self.pending_bytes = 0
-            await anyio.to_thread.run_sync(self.writer.write, data)
+            await anyio.to_thread.run_sync(self._write, data)
+            if self.on_batch is not None:
+                await self.on_batch()
 
-    async def finish(self) -> None:
+    def _write(self, data: bytes) -> None:
+        if self.validator is not None:
+            self.validator.feed(data)  # raises a Problem: the upload is refused before it is stored whole
+        self.writer.write(data)
+
+    async def finish(self) -> Any:
+        """Flush the rest; returns what the validator learned (None without one)."""
         await self.flush(force=True)
         if not self.head_checked:
             self.head_checked = True
             self.check_head(bytes(self.head))
+        if self.validator is not None:
+            return await anyio.to_thread.run_sync(self.validator.finish)
+        return None
 
 
-async def receive_upload(request: Request, storage: Storage, key: str, max_bytes: int, check_head) -> Upload:
+async def receive_upload(
+    request: Request, storage: Storage, key: str, max_bytes: int, check_head, validator=None, on_batch=None
+) -> Upload:
     """Read the request body into `storage` under `key`.
 
     `check_head(first_bytes)` is called once the first bytes are in (or at the end for a
-    tiny body) and may raise a Problem to refuse the upload early. On any failure the
-    partial object is removed and the exception propagates.
+    tiny body) and may raise a Problem to refuse the upload early. `validator` (see
+    app/validate.py) sees every byte of the file before it is written and may refuse it;
+    `on_batch()` is awaited after each batch written (e.g. to keep a reservation alive). On
+    any failure the partial object is removed and the exception propagates.
     """
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes + 64 * 1024:
@@ -131,7 +151,7 @@ async def receive_upload(request: Request, storage: Storage, key: str, max_bytes
     content_type = request.headers.get("content-type", "")
     ctype, options = parse_options_header(content_type)
     writer = await anyio.to_thread.run_sync(storage.open_writer, key)
-    sink = _Sink(writer, max_bytes, check_head)
+    sink = _Sink(writer, max_bytes, check_head, validator, on_batch)
     upload = Upload()
     try:
         if ctype == b"multipart/form-data":
@@ -143,7 +163,7 @@ async def receive_upload(request: Request, storage: Storage, key: str, max_bytes
         if sink.size == 0:
             raise Problem(400, "the upload is empty: send the file as multipart field `file` or as the body",
                           slug="empty-upload")
-        await sink.finish()
+        upload.volume = await sink.finish()
         await anyio.to_thread.run_sync(writer.commit)
     except ClientDisconnect:
         await anyio.to_thread.run_sync(writer.abort)

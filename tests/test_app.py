@@ -3,6 +3,7 @@ submission forms, idempotency, problem details, cancellation, long-poll, metrics
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -53,6 +54,16 @@ def assert_problem(answer, status: int) -> dict:
     assert body["status"] == status
     assert body["title"] and body["detail"]
     return body
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_nvc() -> bytes:
+    """A valid .nvc file (uploads are checked before a job is queued)."""
+    import numpy as np
+
+    import codec
+
+    return codec.encode(np.full((4, 4, 2), 7, np.uint16))
 
 
 def queued_messages(sync_redis, queue: str) -> list[dict]:
@@ -164,17 +175,17 @@ def test_unknown_profile_and_format_are_422(client, small_volume):
     assert_problem(client.post("/compress?profile=../x", content=npy_bytes(small_volume)), 422)
     body = assert_problem(client.post("/decompress?format=tiff", content=b"NVC..."), 422)
     assert body["errors"][0]["loc"] == ["query", "format"]
-    body = assert_problem(client.post("/decompress", files={"file": ("a.nvc", b"x" * 10)}, data={"format": "png"}), 422)
+    body = assert_problem(client.post("/decompress", files={"file": ("a.nvc", tiny_nvc())}, data={"format": "png"}), 422)
     assert "format must be one of" in body["detail"]
 
 
 def test_decompress_job_fields(client, service_settings, sync_redis):
-    answer = client.post("/decompress?format=npy", files={"file": ("brain.nii.gz.nvc", b"\x00" * 500)})
+    answer = client.post("/decompress?format=npy", files={"file": ("brain.nii.gz.nvc", tiny_nvc())})
     assert answer.status_code == 202, answer.text
     job = answer.json()
     assert job["kind"] == "decompress" and job["output_format"] == "npy" and job["input_format"] == "nvc"
     assert job["output_name"] == "brain.npy"
-    default = client.post("/decompress", content=b"\x00" * 10).json()
+    default = client.post("/decompress", content=tiny_nvc()).json()
     assert default["output_format"] == "nii.gz" and default["output_name"] == "volume.nii.gz"
     tasks = [m["headers"]["task"] for m in queued_messages(sync_redis, service_settings.gpu_queue)]
     assert tasks == ["nvc.decompress", "nvc.decompress"]

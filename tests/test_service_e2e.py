@@ -81,10 +81,14 @@ def test_real_volume_round_trip_through_the_api(service_settings, make_stack, re
         assert f'nvc_bytes_out_total{{kind="compress"}} {float(job["output_size"])}' in metrics
         assert 'nvc_job_duration_seconds_count{kind="compress",phase="codec"} 1.0' in metrics
 
-        # a bad upload fails its job with a clear error, and the worker carries on
-        bad = client.post("/decompress", content=b"\x00" * 4096).json()
+        # an upload that is not an .nvc is refused before a job exists
+        refused = client.post("/decompress", content=b"\x00" * 4096)
+        assert refused.status_code == 415 and refused.headers["content-type"] == "application/problem+json"
+        # a well-formed upload the codec cannot code fails its job with a clear error, and the worker carries on
+        wide = np.arange(4 * 4 * 4, dtype=np.uint32).reshape(4, 4, 4) * 5000  # values span more than 16 bits
+        bad = client.post("/compress", content=npy_bytes(wide)).json()
         failed = wait_done(client, bad["id"], 60)
-        assert failed["state"] == "failed" and failed["error"].startswith("not a valid .nvc file")
+        assert failed["state"] == "failed" and failed["error"].startswith("unsupported input"), failed
         problem = client.get(f"/jobs/{bad['id']}/result")
         assert problem.status_code == 409 and problem.headers["content-type"] == "application/problem+json"
 
@@ -128,7 +132,10 @@ def test_large_upload_streams_without_buffering_in_the_api(service_settings, mak
     url = stack.start_api()
     size = 256 * 1024 * 1024
     chunk = os.urandom(1024 * 1024)
-    header = b"\x93NUMPY"  # compress sniffs a .npy; the API does not parse the rest
+    # a valid .npy header for 256 MiB of uint8 voxels (uploads are checked), then the voxels
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": (1024, 1024, 256)})
+    header = buffer.getvalue()
     with httpx.Client(base_url=url, timeout=120) as client:
         client.get("/readyz")
         before = _peak_rss_kib(stack.api_proc.pid)

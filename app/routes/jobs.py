@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import time
@@ -16,10 +17,13 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from app.auth import current_owner
 from app.deps import Services, get_services
 from app.jobs import ACTIVE_STATES, TERMINAL_STATES, new_record
+from app.limits import ActiveJobs
 from app.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.schemas import Job, OutputFormat, ProblemDetails, job_from_record
 from app.storage import ObjectNotFound, job_prefix
 from app.uploads import receive_upload, sniff_volume, stem_of
+from app.validate import NVC_MAGIC, validator_for
+from app.watchdog import remember_epoch, store_was_reset
 from worker.celery_app import TASK_COMPRESS, TASK_DECOMPRESS
 
 router = APIRouter(tags=["jobs"])
@@ -75,6 +79,10 @@ def _upload_body(extra_fields: dict[str, Any]) -> dict[str, Any]:
 SUBMIT_HEADERS = {
     "Location": {"description": "URL of the job", "schema": {"type": "string"}},
 }
+#: Problems any job route can answer: rate or job limit (429), Redis or storage down (503),
+#: no answer within NVC_REQUEST_TIMEOUT_SECONDS (504).
+COMMON_PROBLEMS = (429, 503, 504)
+SUBMIT_PROBLEMS = (400, 401, 408, 409, 413, 415, 422, *COMMON_PROBLEMS)
 
 
 def _job_response(response: Response, request: Request, record: dict[str, Any]) -> Job:
@@ -85,7 +93,11 @@ def _job_response(response: Response, request: Request, record: dict[str, Any]) 
 async def _owned_job(services: Services, job_id: str, owner: str) -> dict[str, Any]:
     record = await services.jobs.get(job_id) if JOB_ID.match(job_id) else None
     if record is None or record.get("owner") != owner:
-        raise Problem(404, f"no job {job_id!r} (it may have expired)", slug="job-not-found")
+        detail = f"no job {job_id!r} (it may have expired)"
+        if record is None and JOB_ID.match(job_id) and await store_was_reset(services):
+            detail = (f"no job {job_id!r}: the job store (Redis) lost its data since this API started (restarted "
+                      "without persistence?), so jobs submitted before then are gone; submit the file again")
+        raise Problem(404, detail, slug="job-not-found")
     return record
 
 
@@ -124,15 +136,22 @@ async def _submit(
             return _job_response(response, request, record)
 
     input_key = f"{job_prefix(job_id)}input"
+    active = ActiveJobs(services, owner)
 
     def check_head(head: bytes) -> None:
         if kind == "compress" and sniff_volume(head) is None:
             raise Problem(
                 415, "the upload is not a NIfTI (.nii, .nii.gz) or NumPy (.npy) file", slug="unsupported-input"
             )
+        if kind == "decompress" and head[:8] != NVC_MAGIC[: len(head[:8])]:
+            raise Problem(415, "the upload is not an .nvc file (bad magic)", slug="unsupported-input")
 
     try:
-        upload = await receive_upload(request, services.storage, input_key, settings.max_upload_bytes, check_head)
+        await active.reserve(job_id)  # before reading the upload: a refusal costs nothing
+        upload = await receive_upload(
+            request, services.storage, input_key, settings.max_upload_bytes, check_head,
+            validator=validator_for(kind, settings.max_volume_bytes), on_batch=lambda: active.touch(job_id),
+        )
         fields = {k: v for k, v in upload.fields.items() if v != ""}
         merged = {name: params.get(name) or fields.get(name) for name in params}
         filename = merged.pop("filename", None) or upload.filename
@@ -145,7 +164,7 @@ async def _submit(
                 raise Problem(
                     422, f"unknown profile {profile!r}: choose one of {', '.join(known)}", slug="invalid-request"
                 )
-            input_format = sniff_volume(upload.head)
+            input_format = upload.volume.format
             output_format = "nvc"
             extra = {"profile": profile}
         else:
@@ -171,14 +190,22 @@ async def _submit(
             output_name=f"{stem_of(filename)}.{output_format}",
             queue=settings.resolved_submit_queue,
             idempotency_key=idempotency_key,
+            shape=list(upload.volume.shape),
+            dtype=upload.volume.dtype,
             **extra,
         )
+        await remember_epoch(services)
         await services.jobs.create(record)
     except BaseException:
+        # undo what was done; each step on its own, so an unreachable store does not stop the rest
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(services.storage.delete_prefix, job_prefix(job_id))
-            if idem_redis_key is not None and await services.redis.get(idem_redis_key) == job_id:
-                await services.redis.delete(idem_redis_key)
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(services.storage.delete_prefix, job_prefix(job_id))
+            with contextlib.suppress(Exception):
+                await active.release(job_id)
+            with contextlib.suppress(Exception):
+                if idem_redis_key is not None and await services.redis.get(idem_redis_key) == job_id:
+                    await services.redis.delete(idem_redis_key)
         raise
 
     await services.jobs.count_bytes("in", kind, upload.size)
@@ -200,7 +227,7 @@ async def _submit(
     status_code=202,
     response_model=Job,
     summary="Compress a volume (.nii, .nii.gz or .npy) to .nvc",
-    responses={202: {"headers": SUBMIT_HEADERS}, **_problem_responses(400, 401, 409, 413, 415, 422, 503)},
+    responses={202: {"headers": SUBMIT_HEADERS}, **_problem_responses(*SUBMIT_PROBLEMS)},
     openapi_extra=_upload_body({"profile": {"type": "string"}, "filename": {"type": "string"}}),
 )
 async def compress(
@@ -225,7 +252,7 @@ async def compress(
     status_code=202,
     response_model=Job,
     summary="Decompress an .nvc file to NIfTI or .npy",
-    responses={202: {"headers": SUBMIT_HEADERS}, **_problem_responses(400, 401, 409, 413, 422, 503)},
+    responses={202: {"headers": SUBMIT_HEADERS}, **_problem_responses(*SUBMIT_PROBLEMS)},
     openapi_extra=_upload_body(
         {"format": {"type": "string", "enum": ["nii.gz", "nii", "npy"]}, "filename": {"type": "string"}}
     ),
@@ -252,7 +279,7 @@ async def decompress(
     response_model=Job,
     name="get_job",
     summary="State of a job",
-    responses=_problem_responses(401, 404, 422),
+    responses=_problem_responses(401, 404, 422, *COMMON_PROBLEMS),
 )
 async def get_job(
     services: Svc,
@@ -264,6 +291,7 @@ async def get_job(
     ] = 0,
 ) -> Job:
     record = await _owned_job(services, job_id, owner)
+    wait = min(wait, max(0.0, services.settings.request_timeout_seconds - 2))  # answer before the request timeout
     if wait > 0 and record["state"] in ACTIVE_STATES:
         record = await _wait_for_end(services, job_id, wait) or record
     return job_from_record(record)
@@ -303,7 +331,7 @@ _MEDIA_TYPES = {"nvc": "application/octet-stream", "nii.gz": "application/gzip",
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
               "description": "The result file"},
         307: {"description": "Redirect to a presigned object-storage URL (S3 backend)"},
-        **_problem_responses(401, 404, 409, 410),
+        **_problem_responses(401, 404, 409, 410, 422, *COMMON_PROBLEMS),
     },
 )
 async def get_result(
@@ -332,13 +360,16 @@ async def get_result(
         path = await anyio.to_thread.run_sync(storage.local_path, key)
         if path is not None:
             return FileResponse(path, media_type=media_type, headers=headers)
+        size = await anyio.to_thread.run_sync(storage.size, key)  # also: never redirect to a missing object
         if redirect and services.settings.s3_redirect_results:
             url = await anyio.to_thread.run_sync(storage.presigned_url, key, filename, media_type)
             if url:
                 return RedirectResponse(url, status_code=307)
-        size = await anyio.to_thread.run_sync(storage.size, key)
     except ObjectNotFound:
-        raise Problem(410, "the result object is gone from storage", slug="result-deleted") from None
+        raise Problem(
+            404, f"the result of job {job_id} is missing from object storage (removed outside the service, or lost "
+            "by the store); the job record is kept: submit the file again for a new result", slug="result-missing",
+        ) from None
     headers["Content-Length"] = str(size)
     return StreamingResponse(storage.iter_chunks(key), media_type=media_type, headers=headers)
 
@@ -347,7 +378,7 @@ async def get_result(
     "/jobs/{job_id}",
     response_model=Job,
     summary="Cancel a queued or running job and delete its objects",
-    responses=_problem_responses(401, 404),
+    responses=_problem_responses(401, 404, 422, *COMMON_PROBLEMS),
 )
 async def delete_job(services: Svc, owner: Owner, job_id: str) -> Job:
     """Queued/running jobs become `cancelled`; a finished job keeps its state but its
