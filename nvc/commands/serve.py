@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--data-dir", type=Path, default=None, help="state folder (default NVC_DATA_DIR or ./var)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--allow-open", action="store_true",
+                   help="serve without API keys on an address other than localhost (unsafe on a network)")
     p.set_defaults(handler=serve)
 
     p = subparsers.add_parser("api", help="run the HTTP API (Redis and storage from NVC_* variables)")
@@ -42,6 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--allow-open", action="store_true",
+                   help="serve without API keys on an address other than localhost (unsafe on a network)")
     p.set_defaults(handler=api)
 
     p = subparsers.add_parser(
@@ -299,6 +303,44 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def access_note(settings, host: str, port: int, allow_open: bool) -> str:
+    """One line on who may use the API; refuses (CLIError) to run open beyond localhost.
+
+    Without any API key (NVC_API_KEYS or a key file) the API is open to whoever can reach it:
+    fine on 127.0.0.1, not on a hospital network, so another address needs keys or an
+    explicit --allow-open."""
+    from app.auth import KeyRing
+
+    ring = KeyRing.from_settings(settings)
+    if ring.required:
+        sources = []
+        if settings.api_keys:
+            sources.append(f"{len(settings.api_keys)} from NVC_API_KEYS")
+        if settings.resolved_api_keys_file.exists():
+            sources.append(f"key file {settings.resolved_api_keys_file.resolve()}")
+        return f"API keys required ({'; '.join(sources)})"
+    if not is_loopback(host) and not allow_open:
+        from nvc.cli import CLIError
+
+        raise CLIError(
+            f"refusing to serve on {host} without API keys: anyone who can reach it could use it. Create a key with "
+            "`nvc keys create` (or set NVC_API_KEYS), or pass --allow-open"
+        )
+    return (f"OPEN: no API keys are configured, anyone who can reach http://{host}:{port} can use it "
+            "(`nvc keys create` makes one and closes it)")
+
+
 def api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -307,6 +349,7 @@ def api(args: argparse.Namespace) -> int:
         from nvc.cli import CLIError
 
         raise CLIError("NVC_REDIS_URL is not set (or use `nvc serve` to run everything on this machine)")
+    print(f"nvc: {access_note(settings, args.host, args.port, args.allow_open)}", file=sys.stderr, flush=True)
     uvicorn.run(
         "app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
         log_level=args.log_level, proxy_headers=True, timeout_graceful_shutdown=30,
@@ -332,6 +375,7 @@ def serve(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["NVC_DATA_DIR"] = str(data_dir)
 
+    access = access_note(settings, args.host, args.port, args.allow_open)
     redis_proc = None
     supervisor = None
     try:
@@ -356,6 +400,7 @@ def serve(args: argparse.Namespace) -> int:
             f"worker pid {supervisor.pids()[0]}). Ctrl-C stops everything.",
             file=sys.stderr, flush=True,
         )
+        print(f"nvc: {access}", file=sys.stderr, flush=True)
         config = uvicorn.Config(
             "app.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
             timeout_graceful_shutdown=10,
