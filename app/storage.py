@@ -62,9 +62,16 @@ class Storage(Protocol):
         """(job id, newest modification time) for every `jobs/<id>/` prefix."""
 
 
+#: Characters an object key may hold: keys are built from job ids and fixed names, so anything
+#: else (NUL, backslashes, control characters, '..' segments) is a bug or an attack.
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/")
+
+
 def _check_key(key: str) -> str:
+    """Refuse any key that could name something outside the storage root (or prefix)."""
     parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+    if (not key or len(key) > 512 or key.startswith("/") or any(p in ("", ".", "..") for p in parts)
+            or not set(key) <= _KEY_CHARS):
         raise StorageError(f"invalid object key {key!r}")
     return key
 
@@ -107,7 +114,11 @@ class LocalStorage:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        return self.root / _check_key(key)
+        path = self.root / _check_key(key)
+        # belt and braces: even a symlink planted inside the root cannot lead out of it
+        if not path.resolve().is_relative_to(self.root):
+            raise StorageError(f"object key {key!r} resolves outside the storage folder")
+        return path
 
     def check(self) -> None:
         try:
