@@ -111,7 +111,9 @@ def code_length_bits(out: torch.Tensor, s: Samples, spec: ContextSpec = LOCAL, d
         mu = mu.detach()
     mu = _round_st(mu)
     mu = torch.maximum(torch.minimum(mu, vmax), vmin)
-    cls = torch.clamp(_round_st(cls), 0, N_CLASSES - 1)
+    cls = _round_st(cls)
+    # straight-through clamp: a class pushed past either end still gets a gradient back
+    cls = cls + (torch.clamp(cls, 0, N_CLASSES - 1) - cls).detach()
     b = BASE_SCALE * torch.exp2(cls / 4.0)
     a = (x - mu).abs()
     log_zero = torch.log(-torch.expm1(-0.5 / b))

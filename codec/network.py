@@ -47,6 +47,8 @@ class FloatMLP(torch.nn.Module):
         self.n_inputs = n_inputs
         self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.widths = tuple(widths)
+        with torch.no_grad():  # start the scale output mid-range (class ~ 32) rather than at its bottom end
+            self.layers[-1].bias[1] = 32.0 if n_inputs > MAX_FAN_IN else 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x / float(1 << INPUT_FRAC_BITS)

@@ -55,11 +55,11 @@ def model_id_for(profile: str, int_blob: bytes, tables_digest: str) -> str:
 
 
 def save_model(
-    directory: Path, profile: str, net: IntMLP, model: FloatMLP, tables: CodingTables, tables_file: str, meta: dict
+    directory: Path, profile: str, net: IntMLP, model: FloatMLP | None, tables: CodingTables, tables_file: str, meta: dict
 ) -> str:
     blob = net.to_bytes()
     model_id = model_id_for(profile, blob, tables.digest)
-    arrays = {f"float.{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    arrays = {f"float.{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()} if model is not None else {}
     meta = dict(meta, model_id=model_id, profile=profile, tables=tables_file, widths=list(net.widths))
     buf = io.BytesIO()
     np.savez_compressed(buf, int_blob=np.frombuffer(blob, np.uint8), meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)

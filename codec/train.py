@@ -95,7 +95,8 @@ def train_and_ship(profile_name: str, data_dir: Path, *, steps: int, per_volume:
         "seed": seed,
         "torch": torch.__version__,
     }
-    model_id = registry.save_model(directory, profile_name, net, model, tables, tables_file, meta)
+    keep_float = get_profile(profile_name).fit_max_steps > 0  # float weights only serve fine-tuning
+    model_id = registry.save_model(directory, profile_name, net, model if keep_float else None, tables, tables_file, meta)
     man = registry.manifest(directory)
     man.setdefault("profiles", {})[profile_name] = model_id
     (directory / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
@@ -167,7 +168,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from codec.engine import torch_threads
+
+    with torch_threads(None):  # NVC_THREADS, default 1: spinning OpenMP threads on a busy machine cost 30x
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.leave_one_out:
         rows = leave_one_out(args.profile, args.data, steps=args.steps, per_volume=args.samples_per_volume, seed=args.seed)
         if args.json:

@@ -84,3 +84,15 @@ def test_unsigned_slices_methodology():
     assert np.array_equal(s[0], (a[:, :, 0].T + 5).astype(np.uint16))
     u = np.array([[[3, 9]]], dtype=np.uint16)
     assert np.array_equal(bench.unsigned_slices(u)[1], u[:, :, 1].T)  # unsigned data: unchanged
+
+
+def test_centre_crop_takes_the_middle_and_clips_to_the_array() -> None:
+    import numpy as np
+
+    from nvc.bench import centre_crop
+
+    a = np.arange(10 * 8 * 6).reshape(10, 8, 6)
+    c = centre_crop(a, (4, 8, 100))
+    assert c.shape == (4, 8, 6)
+    assert np.array_equal(c, a[3:7, :, :])
+    assert centre_crop(a, None) is a
