@@ -79,12 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = services
         from app.watchdog import remember_epoch, watchdog
 
-        try:
-            with anyio.fail_after(5):
-                await remember_epoch(services)
-        except Exception as exc:  # Redis down at start-up: /readyz says so; the watchdog retries
-            log.warning("job store not reachable at start-up: %s", exc)
-        tasks = []
+        async def note_epoch() -> None:
+            try:
+                with anyio.fail_after(10):
+                    await remember_epoch(services)
+            except Exception as exc:  # Redis down at start-up: /readyz says so; the watchdog retries
+                log.warning("job store not reachable at start-up: %s", exc)
+
+        tasks = [asyncio.create_task(note_epoch())]  # in the background: a hung Redis does not delay start-up
         if settings.orphan_sweep_seconds > 0:
             tasks.append(asyncio.create_task(_sweeper(services)))
         if settings.watchdog_seconds > 0:
