@@ -140,6 +140,9 @@ async def _submit(
 
     def check_head(head: bytes) -> None:
         if kind == "compress" and sniff_volume(head) is None:
+            early = validator_for(kind, settings.max_volume_bytes)  # says what the first bytes are instead
+            early.feed(head)
+            early.finish()
             raise Problem(
                 415, "the upload is not a NIfTI (.nii, .nii.gz) or NumPy (.npy) file", slug="unsupported-input"
             )
