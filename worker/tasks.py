@@ -295,13 +295,15 @@ def with_storage(rt: Runtime, what: str, fn, *args: Any) -> Any:
         except Exception as exc:
             if not _is_outage(exc):
                 raise
-            if time.monotonic() + delay > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise StorageUnavailable(
                     f"object storage was unreachable while {what} (retried for "
                     f"{rt.settings.storage_retry_seconds:g} s): {exc}"
                 ) from exc
-            log.warning("storage unreachable while %s (%s); retrying in %.1f s", what, exc, delay)
-            time.sleep(delay)
+            pause = min(delay, remaining)
+            log.warning("storage unreachable while %s (%s); retrying in %.1f s", what, exc, pause)
+            time.sleep(pause)
             delay = min(delay * 2, 5.0)
 
 
@@ -381,7 +383,7 @@ def _compress(rt: Runtime, record: dict[str, Any], scratch: Path, interval: floa
         raise VerificationError(f"the .nvc header records voxel sha256 {meta.get('sha256')}, the input's is {expected}")
     verify_seconds = time.perf_counter() - start
     verify_progress.check(0.95)
-    return _store_output(rt, record, dst, meta, codec_seconds, verify_seconds, voxel_sha256=expected)
+    return _store_output(rt, record, dst, meta, codec_seconds, verify_seconds, expected, attempt.output_key(record))
 
 
 def _decompress(rt: Runtime, record: dict[str, Any], scratch: Path, interval: float, attempt: Attempt) -> dict[str, Any]:
@@ -412,7 +414,8 @@ def _decompress(rt: Runtime, record: dict[str, Any], scratch: Path, interval: fl
                                 f"the .nvc records {meta['sha256']}")
     verify_seconds = time.perf_counter() - start
     progress.check(0.95)
-    return _store_output(rt, record, dst, meta, codec_seconds, verify_seconds, voxel_sha256=meta.get("sha256"))
+    return _store_output(rt, record, dst, meta, codec_seconds, verify_seconds, meta.get("sha256"),
+                         attempt.output_key(record))
 
 
 def _stored_sha256(rt: Runtime, key: str) -> str:
@@ -424,11 +427,10 @@ def _stored_sha256(rt: Runtime, key: str) -> str:
 
 def _store_output(
     rt: Runtime, record: dict[str, Any], path: Path, meta: dict[str, Any], codec_seconds: float,
-    verify_seconds: float | None, voxel_sha256: str | None,
+    verify_seconds: float | None, voxel_sha256: str | None, output_key: str,
 ) -> dict[str, Any]:
     """Store the result, then read it back from storage: a job succeeds only with a result
     whose stored bytes have the size and SHA-256 of the verified file."""
-    output_key = f"{job_prefix(record['id'])}output.{record['output_format']}"
     sha = sha256_file(path)
     size = with_storage(rt, "storing the result", rt.storage.put_file, output_key, path)
     start = time.perf_counter()
@@ -488,10 +490,17 @@ def time_limit_message(settings: Settings) -> str:
 
 @dataclass
 class Attempt:
-    """One delivery of a job to this worker: its id on the record and its heartbeat."""
+    """One delivery of a job to this worker: its id on the record, its number, its heartbeat."""
 
     id: str
+    number: int = 1
     heartbeat: Heartbeat | None = None
+
+    def output_key(self, record: dict[str, Any]) -> str:
+        """Where this attempt stores its result. A re-run writes its own object, so an earlier
+        attempt that is presumed dead but wakes up can never overwrite the result that won."""
+        name = "output" if self.number == 1 else f"output.a{self.number}"
+        return f"{job_prefix(record['id'])}{name}.{record['output_format']}"
 
 
 def _takeover_refused(
@@ -547,7 +556,7 @@ def run_job(job_id: str, kind: str, hostname: str | None, redelivered: bool = Fa
             _cleanup(rt, job_id)
         return "failed"
     started = time.time()
-    attempt = Attempt(id=uuid.uuid4().hex)
+    attempt = Attempt(id=uuid.uuid4().hex, number=attempts)
     ok, previous = store.transition(
         job_id, "running", [record["state"]], guard=previous_attempt if record["state"] == "running" else None,
         started_at=started, worker=hostname or "unknown", device=rt.device, attempts=attempts, progress=0.0,
@@ -569,13 +578,13 @@ def run_job(job_id: str, kind: str, hostname: str | None, redelivered: bool = Fa
         attempt.heartbeat = heartbeat
         try:
             result = body(rt, record, Path(scratch), settings.progress_interval_seconds, attempt)
-        except JobSuperseded:
-            log.info("job %s: another attempt took it over; this one stops", job_id)
-            return "superseded"
         except JobCancelled as exc:
+            if isinstance(exc, JobSuperseded) or str(exc) == "succeeded":  # never touch another attempt's result
+                log.info("job %s: another attempt took it over (%s); this one stops and leaves its objects alone",
+                         job_id, "finished" if str(exc) == "succeeded" else "running")
+                return "superseded"
             log.info("job %s stopped: %s", job_id, exc)
-            if str(exc) != "succeeded":  # never delete another attempt's result
-                _cleanup(rt, job_id)
+            _cleanup(rt, job_id)
             return "cancelled"
         except Exception as exc:
             if not isinstance(exc, (VerificationError, StorageUnavailable, InputMissing)) and not _is_codec_error(exc):
@@ -596,7 +605,12 @@ def run_job(job_id: str, kind: str, hostname: str | None, redelivered: bool = Fa
     if not done:
         if state in ("cancelled", "failed", ""):  # cancelled (or deleted) while we worked: drop what we wrote
             _cleanup(rt, job_id)
-        return state or "missing"
+            return state or "missing"
+        # another attempt owns the job (or finished it): remove only this attempt's own result
+        log.info("job %s: another attempt took it over (it is %s); this one drops its result", job_id, state)
+        if result["output_key"] != (rt.store.get(job_id) or {}).get("output_key"):
+            _cleanup(rt, job_id, result["output_key"])
+        return "superseded"
     _cleanup(rt, job_id, f"{job_prefix(job_id)}input")  # the upload is not needed any more
     store.count_bytes("out", kind, result["output_size"])
     store.observe("job_duration", f"{kind},codec", result["codec_seconds"])
