@@ -17,7 +17,7 @@ from codec.schedule import wavefront_constants
 from codec.entropy import N_CLASSES, N_DIRECT, N_SIDES, N_TOKENS, FREQ_BITS, detokenize, token_extra_bits, tokenize
 from codec.errors import FormatError
 from codec.fit import load_into_buffer, slab_bounds
-from codec.network import ACT_MAX, LEAKY_SHIFT, MAX_FAN_IN, IntMLP
+from codec.network import ACT_MAX, LEAKY_SHIFT, MAX_BIAS, MAX_FAN_IN, MAX_WIDE_FAN_IN, WEIGHT_MAX, IntMLP
 from codec.schedule import A, B, Wavefront
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -78,6 +78,8 @@ def reference_forward(net: IntMLP, inputs: np.ndarray) -> np.ndarray:
     for i, layer in enumerate(net.layers):
         acc = h @ layer.weight.T + layer.bias
         s = layer.shift[None, :]
+        acc = np.where(s < 0, acc << np.maximum(-s, 0), acc)  # a negative shift is a left shift
+        s = np.maximum(s, 0)
         if i < len(net.layers) - 1:
             acc = np.where(acc < 0, acc >> (s + LEAKY_SHIFT), acc >> s)
             h = np.clip(acc, -ACT_MAX, ACT_MAX)
@@ -120,12 +122,13 @@ def test_inference_is_independent_of_batch_split_and_threads(shipped_net: IntMLP
         torch.set_num_threads(before)
 
 
-def test_fan_in_and_weight_bounds_keep_float32_sums_exact(shipped_net: IntMLP) -> None:
+def test_weight_and_activation_bounds_keep_float64_sums_exact(shipped_net: IntMLP) -> None:
     for layer in shipped_net.layers:
         assert layer.weight.shape[1] <= MAX_FAN_IN
-        assert np.abs(layer.weight).max() <= 127
-    worst = MAX_FAN_IN * 127 * ACT_MAX + (1 << 23)
-    assert worst < 1 << 24
+        assert np.abs(layer.weight).max() <= WEIGHT_MAX
+        assert np.abs(layer.bias).max() <= MAX_BIAS
+    worst = MAX_WIDE_FAN_IN * WEIGHT_MAX * ACT_MAX + MAX_BIAS
+    assert worst < 1 << 53
 
 
 def test_weights_serialisation_round_trip(shipped_net: IntMLP) -> None:
