@@ -383,3 +383,183 @@ def test_redis_restart_with_and_without_persistence(service_settings, make_stack
         # the worker found its job gone and dropped what it had written: nothing is left running
         wait_until(lambda: result_objects(settings, lost["id"]) == [], 120, what="the lost job's objects to go")
         assert "no record" in stack.log("worker-test") or "stopped" in stack.log("worker-test")
+
+
+class TcpProxy:
+    """A TCP forwarder in front of a server, that can be cut (`down`: connections refused and open
+    ones reset) and restored (`up`) on the same port: an object store becoming unreachable."""
+
+    def __init__(self, target_port: int):
+        from conftest import free_port
+
+        self.target = ("127.0.0.1", target_port)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.up()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (a bare close would not, on Linux)
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            for conn in self._conns:
+                try:  # shutdown wakes the piping threads blocked in recv; close with linger 0 resets
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    conn.shutdown(socket.SHUT_RDWR)
+                    conn.close()
+                except OSError:
+                    pass
+            self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns.update((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("require_codec")
+def test_object_storage_outage_and_a_deleted_result(s3_settings, make_stack):
+    """S3 unreachable: the API answers 503 problems (upload, download, readiness), a worker
+    retries and finishes the job when the store comes back, or fails it with the reason when it
+    does not. A result object deleted behind the service's back is a 404 that says so."""
+    from urllib.parse import urlparse
+
+    from app.storage import S3Storage
+
+    proxy = TcpProxy(urlparse(s3_settings.s3_endpoint_url).port)
+    settings = fault_settings(s3_settings, s3_endpoint_url=proxy.url, storage_retry_seconds=8.0)
+    direct = S3Storage(s3_settings)  # the store itself, not through the proxy
+    stack = make_stack(settings)
+    url = stack.start_api()
+    small = structured_volume((24, 20, 6), seed=3)
+    volume = structured_volume((128, 128, 64))
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            # queued while the store is up; no worker yet
+            early = client.post("/compress", content=npy_bytes(small)).json()
+            proxy.down()
+            start = time.monotonic()
+            refused = client.post("/compress", content=npy_bytes(small))
+            assert refused.status_code == 503 and refused.headers["content-type"] == PROBLEM
+            assert refused.json()["type"] == "urn:nvc:problem:storage-unavailable"
+            assert refused.headers["retry-after"] == "5" and time.monotonic() - start < 30
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["storage"].startswith("unreachable")
+            assert client.get(f"/jobs/{early['id']}").json()["state"] == "queued"  # Redis still answers
+
+            # a worker starts during the outage: it retries the download until the store is back
+            stack.start_worker()
+            wait_until(lambda: "storage unreachable while" in stack.log("worker-test"), 120, interval=0.1,
+                       what="the worker to meet the outage")
+            proxy.up()
+            done = wait_done(client, early["id"], 120)
+            assert done["attempts"] == 1
+            coded = assert_one_verified_result(client, done, small)
+
+            # the store goes away while a job is running and does not come back in time
+            job = client.post("/compress", content=npy_bytes(volume)).json()
+            wait_state(client, job["id"], "running")
+            proxy.down()
+            failed = wait_done(client, job["id"], 180)
+            assert failed["state"] == "failed", failed
+            assert failed["error"].startswith("object storage was unreachable while"), failed["error"]
+            assert "(retried for 8 s)" in failed["error"]
+            broken = client.get(f"/jobs/{done['id']}/result", params={"redirect": "false"})
+            assert broken.status_code == 503 and broken.headers["content-type"] == PROBLEM
+            proxy.up()
+            wait_until(lambda: client.get("/readyz").status_code == 200, 30, what="readiness")
+
+            # a result object deleted outside the service: 404 with the reason, never a redirect to nothing
+            assert client.get(f"/jobs/{done['id']}/result", params={"redirect": "false"}).content == coded
+            direct.delete_prefix(f"jobs/{done['id']}/")
+            for params in ({"redirect": "false"}, {}):
+                gone = client.get(f"/jobs/{done['id']}/result", params=params, follow_redirects=False)
+                assert gone.status_code == 404 and gone.headers["content-type"] == PROBLEM, gone.text
+                body = gone.json()
+                assert body["type"] == "urn:nvc:problem:result-missing" and "missing from object storage" in body["detail"]
+            assert client.get(f"/jobs/{done['id']}").json()["state"] == "succeeded"  # the record is kept
+    finally:
+        proxy.down()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("require_codec")
+def test_a_job_over_its_time_limit_fails_with_a_message(service_settings, make_stack):
+    settings = fault_settings(service_settings, task_time_limit_seconds=2)
+    stack = make_stack(settings)
+    stack.start_worker()
+    url = stack.start_api()
+    volume = structured_volume((160, 160, 96))  # several seconds of coding on any CPU
+    with httpx.Client(base_url=url, timeout=60) as client:
+        job = client.post("/compress", content=npy_bytes(volume)).json()
+        failed = wait_done(client, job["id"], 120)
+        assert failed["state"] == "failed", failed
+        assert failed["error"] == ("the job took longer than the time limit of 2 s (NVC_TASK_TIME_LIMIT_SECONDS) "
+                                   "and was stopped")
+        assert failed["finished_at"] and result_objects(settings, job["id"]) == []
+        # the worker is fine afterwards
+        small = structured_volume((24, 20, 6), seed=3)
+        assert_one_verified_result(client, wait_done(client, client.post("/compress", content=npy_bytes(small))
+                                                     .json()["id"], 60), small)
+
+
+def test_a_missing_local_result_is_a_404_with_the_reason(service_settings, small_volume):
+    from fastapi.testclient import TestClient
+
+    from app.jobs import JobStore
+    from app.main import create_app
+
+    import redis
+
+    with TestClient(create_app(service_settings)) as client:
+        job = client.post("/compress", content=npy_bytes(small_volume)).json()
+        sync = redis.Redis.from_url(service_settings.redis_url, decode_responses=True)
+        store = JobStore(sync, service_settings.key_prefix, 3600)
+        store.transition(job["id"], "running", ["queued"], started_at=time.time())
+        store.transition(job["id"], "succeeded", ["running"], finished_at=time.time(), progress=1.0,
+                         output_key=f"jobs/{job['id']}/output.nvc", output_size=5)
+        sync.close()
+        answer = client.get(f"/jobs/{job['id']}/result")
+        assert answer.status_code == 404 and answer.headers["content-type"] == PROBLEM
+        assert answer.json()["type"] == "urn:nvc:problem:result-missing"
+        assert f"result of job {job['id']} is missing from object storage" in answer.json()["detail"]
