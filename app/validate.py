@@ -219,6 +219,8 @@ class _VolumeStream:
             raise _invalid(f"broken .npy header: {exc}") from None
         if dtype.hasobject:
             raise _invalid(".npy holds an object (pickled) array: refused; save a plain integer array")
+        if any(n < 0 for n in shape):
+            raise _invalid(f".npy header declares shape {tuple(shape)}: a dimension is negative")
         try:
             vol.check_dtype_shape(dtype, tuple(shape))
         except UnsupportedInputError as exc:
@@ -263,6 +265,8 @@ class _VolumeStream:
                 return
             kind, hdr = files._parse_nifti_header(bytes(buf[:need]))
             shape, dtype, offset = files._header_layout(kind, hdr, need)
+            if any(n < 0 for n in shape):  # the codec's own check only catches 0 (reported)
+                raise UnsupportedInputError(f"{kind} header declares shape {shape}: a dimension is negative")
             if dtype.kind not in "ui" or dtype.fields is not None:
                 raise UnsupportedInputError(
                     f"NIfTI data type {dtype} is not supported: the codec is lossless for integer volumes only"
