@@ -142,8 +142,37 @@ def _openapi(app: FastAPI) -> dict:
         components = schema.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
+        _document_access(schema)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+#: Routes that need an API key once keys are configured (app/auth.py).
+KEYED_PATHS = ("/compress", "/decompress", "/jobs/{job_id}", "/jobs/{job_id}/result")
+
+
+def _document_access(schema: dict) -> None:
+    """Declare the API-key schemes on the job routes, and link a submission to its job."""
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": "An API key (NVC_API_KEYS or `nvc keys create`). Not needed while the service "
+                   "runs open: no key configured, e.g. `nvc serve` on 127.0.0.1."},
+        "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                         "description": "The same key in an X-API-Key header."},
+    }
+    for path in KEYED_PATHS:
+        for operation in schema["paths"].get(path, {}).values():
+            operation["security"] = [{"bearer": []}, {"apiKeyHeader": []}]
+    job_id = {"job_id": "$response.body#/id"}
+    links = {
+        "GetJob": {"operationId": "get_job_jobs__job_id__get", "parameters": job_id},
+        "GetResult": {"operationId": "get_result_jobs__job_id__result_get", "parameters": job_id},
+        "CancelJob": {"operationId": "delete_job_jobs__job_id__delete", "parameters": job_id},
+    }
+    for path in ("/compress", "/decompress"):
+        accepted = schema["paths"].get(path, {}).get("post", {}).get("responses", {}).get("202")
+        if accepted is not None:
+            accepted["links"] = links
 
 
 def mount_static(app: FastAPI, directory: Path = STATIC_DIR) -> None:
