@@ -11,7 +11,6 @@ storage retries) without processes, so a regression points at the right place qu
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import signal
 import socket

@@ -279,3 +279,64 @@ def test_a_hung_dependency_is_a_504_not_a_hung_request(service_settings, tmp_pat
     finally:
         api.close()
         hole.close()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("require_codec")
+def test_load_three_keys_against_tight_limits(service_settings, make_stack, tmp_path):
+    """Three clients (one key each) push 12 volumes apiece with 5 in flight, against a limit of 3
+    active jobs per key and a small rate budget: the service answers 429 with Retry-After, the SDK
+    waits and retries with the same Idempotency-Key, and every volume ends as exactly one job of
+    its own key with a verified result."""
+    import numpy as np
+    import redis
+
+    from app.auth import owner_of_key
+    from nvc.sdk import Client
+    from nvc.sdk.retry import RetryPolicy
+
+    keys = [f"load-key-{i}" for i in range(3)]
+    settings = service_settings.model_copy(update={
+        "api_keys": keys, "max_active_jobs": 3, "rate_limit_per_minute": 600, "rate_limit_burst": 20,
+    })
+    stack = make_stack(settings)
+    stack.start_worker()
+    url = stack.start_api()
+    retries: dict[str, list[str]] = {key: [] for key in keys}
+    results: dict[str, list] = {}
+
+    def run(key: str, index: int) -> None:
+        folder = tmp_path / f"in-{index}"
+        folder.mkdir()
+        rng = np.random.default_rng(index)
+        paths = []
+        for j in range(12):
+            volume = (rng.integers(0, 40, (24, 20, 6)) + 300 + j).astype(np.uint16)
+            path = folder / f"v{j}.npy"
+            np.save(path, volume)
+            paths.append(path)
+        with Client(url, api_key=key, poll_interval=0.2, retry=RetryPolicy(max_attempts=20, max_backoff=5),
+                    on_retry=lambda attempt, reason, delay: retries[key].append(reason)) as client:
+            results[key] = list(client.compress_many(paths, concurrency=5, dest_dir=tmp_path / f"out-{index}",
+                                                     timeout=300))
+
+    threads = [threading.Thread(target=run, args=(key, i)) for i, key in enumerate(keys)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    elapsed = time.monotonic() - start
+    for key in keys:
+        assert len(results[key]) == 12 and all(r.ok and r.verified for r in results[key]), results[key]
+    limited = sum(1 for reasons in retries.values() for reason in reasons if reason == "HTTP 429")
+    assert limited > 0, retries  # the limits were reached, and honoured
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    owners = [r.hget(k, "owner") for k in r.scan_iter(settings.key_prefix + "job:*")]
+    states = [r.hget(k, "state") for k in r.scan_iter(settings.key_prefix + "job:*")]
+    r.close()
+    assert sorted(owners) == sorted(owner_of_key(k) for k in keys for _ in range(12))  # one job per volume
+    assert set(states) == {"succeeded"}
+    metrics = httpx.get(url + "/metrics").text
+    print(f"load: 36 jobs from 3 keys in {elapsed:.1f} s, {limited} answers were 429 and retried")
+    assert 'status="429"' in metrics
