@@ -31,6 +31,7 @@ from codec import registry
 from codec.context import LOCAL, ContextSpec, SlabGeometry, gather_neighbours
 from codec.entropy import (
     AdaptiveTables,
+    token_extra_bits,
     CodingTables,
     decode_step,
     detokenize,
@@ -270,7 +271,6 @@ def _encode_volume(
     # 1. every voxel's coding parameters at once (the encoder knows all values)
     keys = np.zeros(geometry.total_size, dtype=np.int32)
     tokens = np.zeros(geometry.total_size, dtype=np.int32)
-    nbits = np.zeros(geometry.total_size, dtype=np.int32)
     extra = np.zeros(geometry.total_size, dtype=np.int32)
     cache: dict = {}
     Y, X = geometry.height, geometry.width
@@ -280,11 +280,15 @@ def _encode_volume(
     def predict_rows(task: tuple[int, int, int]) -> None:
         s, z, y0 = task
         y1 = min(Y, y0 + rows_per_task)
-        index = geometry.voxel_index(s, np.full((y1 - y0, 1), z), np.arange(y0, y1)[:, None], np.arange(X)[None, :]).ravel()
-        feats = spec.features(geometry.slice_neighbours(buffer, s, z, y0, y1), np.full(len(index), z == 0), vmin, vmax)
+        n = (y1 - y0) * X
+        feats = spec.features(geometry.slice_neighbours(buffer, s, z, y0, y1), np.full(n, z == 0), vmin, vmax)
         mu, k = spec.coding_params(pred.net.forward(feats.inputs, device, cache), feats, vmin, vmax)
-        t, nb, ex = tokenize(buffer[index].astype(np.int64) - mu)
-        keys[index], tokens[index], nbits[index], extra[index] = k, t, nb, ex
+        values = geometry.interior(buffer, s)[z, y0:y1].reshape(n)
+        t, _, ex = tokenize(values - mu)
+        shape = (y1 - y0, X)
+        geometry.interior(keys, s)[z, y0:y1] = k.reshape(shape)
+        geometry.interior(tokens, s)[z, y0:y1] = t.reshape(shape)
+        geometry.interior(extra, s)[z, y0:y1] = ex.reshape(shape)
 
     # Slices are independent here; numpy and torch release the GIL on these large arrays,
     # so a few threads use the machine's cores without processes.
@@ -312,7 +316,8 @@ def _encode_volume(
         idx = step.index
         for s in np.unique(step.slab).tolist():
             sel = idx[step.slab == s]
-            encode_step(encoders[s], tables, keys[sel], tokens[sel], nbits[sel], extra[sel])
+            tok = tokens[sel]
+            encode_step(encoders[s], tables, keys[sel], tok, token_extra_bits(tok), extra[sel])
         if progress and i % 256 == 0:
             progress(0.8 + 0.2 * i / max(1, wave.n_steps))
     payloads = [e.get_compressed().tobytes() for e in encoders]
