@@ -15,6 +15,7 @@ array header is validated against the bytes present before anything is allocated
 from __future__ import annotations
 
 import gzip
+import zlib
 import io
 import math
 import os
@@ -214,7 +215,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
 def _gunzip(data: bytes) -> bytes:
     try:
         return gzip.decompress(data)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise UnsupportedInputError(f"broken gzip data: {exc}") from None
 
 

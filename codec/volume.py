@@ -71,6 +71,8 @@ def check_dtype_shape(dt: np.dtype, shape: tuple[int, ...]) -> None:
             f"{len(shape)}-D arrays are not supported: need a 2-D image (x, y), a 3-D volume (x, y, z) "
             "or a 4-D series (x, y, z, t)"
         )
+    if any(n < 0 for n in shape):
+        raise UnsupportedInputError(f"array of shape {shape} has a negative dimension")
     if any(n == 0 for n in shape):
         raise UnsupportedInputError(f"array of shape {shape} is empty")
     voxels = math.prod(shape)

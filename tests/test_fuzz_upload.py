@@ -376,8 +376,6 @@ def test_the_service_refuses_corrupt_deflate_cleanly():
     assert verdict == 422 and detail.startswith("broken gzip data")
 
 
-@pytest.mark.xfail(reason="codec/files.py _gunzip catches OSError/EOFError/BadGzipFile but not zlib.error "
-                          "(found by this fuzzer; the service refuses such uploads before the codec sees them)")
 def test_codec_gunzip_errors_are_codec_errors():
     from codec import CodecError
     from codec.files import read_volume_bytes
@@ -386,9 +384,6 @@ def test_codec_gunzip_errors_are_codec_errors():
         read_volume_bytes(corrupt_deflate())
 
 
-@pytest.mark.xfail(reason="codec.volume.check_dtype_shape refuses 0 but not negative dimensions: a NIfTI declaring "
-                          "(-4, 4, 4) is read as (8, 4, 4), others raise ValueError/OverflowError (found by the long "
-                          "fuzz run; the service refuses such uploads)")
 def test_codec_refuses_negative_dims():
     from codec import CodecError
     from codec.files import read_volume_bytes
