@@ -31,7 +31,8 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # CPU default: the speed target is 2 MB/s of raw voxels on 2 cores.
-    "default": Profile("default", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=60.0, fit_min_steps=100, fit_max_steps=2000),
+    "default": Profile("default", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=40.0, fit_min_steps=80,
+                       fit_max_steps=1500, fit_samples=131_072),
     # GPU workers: same network, more fitting (the GPU makes it cheap).
     "gpu": Profile("gpu", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=1000.0, fit_min_steps=2000, fit_max_steps=20000, fit_batch=4096,
                    base_model="default"),
