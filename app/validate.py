@@ -185,10 +185,7 @@ class _VolumeStream:
             self._parse_nifti(final)
 
     def _parse_npy(self, final: bool) -> None:
-        import numpy as np
-
-        from codec import UnsupportedInputError
-        from codec import volume as vol
+        from codec import UnsupportedInputError, files
 
         buf = self.buf
         if len(buf) < 12 and not final:
@@ -206,23 +203,7 @@ class _VolumeStream:
                 return
         fp = io.BytesIO(bytes(buf))
         try:
-            version = np.lib.format.read_magic(fp)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-            else:
-                raise _invalid(f".npy format version {version} is not supported")
-        except Problem:
-            raise
-        except Exception as exc:
-            raise _invalid(f"broken .npy header: {exc}") from None
-        if dtype.hasobject:
-            raise _invalid(".npy holds an object (pickled) array: refused; save a plain integer array")
-        if any(n < 0 for n in shape):
-            raise _invalid(f".npy header declares shape {tuple(shape)}: a dimension is negative")
-        try:
-            vol.check_dtype_shape(dtype, tuple(shape))
+            shape, _, dtype = files.read_npy_header(fp)
         except UnsupportedInputError as exc:
             raise _invalid(str(exc)) from None
         nbytes = math.prod(shape) * dtype.itemsize

@@ -178,8 +178,10 @@ def nifti_bytes(array: np.ndarray, *, nifti_header: bytes | None = None, spacing
 # --------------------------------------------------------------------------- .npy
 
 
-def _read_npy(raw: bytes | bytearray) -> VolumeFile:
-    fp = io.BytesIO(raw)
+def read_npy_header(fp: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of a .npy header, checked; `fp` is left at the data.
+
+    Shared with the service's upload check, so both accept exactly the same files."""
     try:
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
@@ -195,6 +197,12 @@ def _read_npy(raw: bytes | bytearray) -> VolumeFile:
     if dtype.hasobject:
         raise UnsupportedInputError(".npy holds an object (pickled) array: refused; save a plain integer array")
     vol.check_dtype_shape(dtype, tuple(shape))
+    return tuple(shape), fortran, dtype
+
+
+def _read_npy(raw: bytes | bytearray) -> VolumeFile:
+    fp = io.BytesIO(raw)
+    shape, fortran, dtype = read_npy_header(fp)
     count = math.prod(shape)
     offset = fp.tell()
     if offset + count * dtype.itemsize > len(raw):
