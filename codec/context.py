@@ -40,7 +40,6 @@ NEIGHBOURS: tuple[tuple[int, int, int], ...] = (
 
 W, WW, WWW, NWW, NW, N, NE, NEE, NNW, NN, NNE, NNN = range(12)
 PREV_FIRST = 12
-PREV_CENTRE = PREV_FIRST + 12  # (dz, dy, dx) = (-1, 0, 0)
 N_NEIGHBOURS = len(NEIGHBOURS)
 
 #: Extra inputs after the neighbour features: log-activity bucket, relative level, no-previous-slice flag.

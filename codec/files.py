@@ -20,7 +20,6 @@ import io
 import math
 import os
 import struct
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from codec.context import FEATURE_CLIP, FEATURE_SHIFT, MEAN_FRAC_BITS
+from codec.context import FEATURE_SHIFT, MEAN_FRAC_BITS
 from codec.errors import FormatError
 
 WEIGHT_MAX = 32767
