@@ -1,6 +1,6 @@
 """Test support (no tests here): ``FakeNVC``, a scripted stand-in for the NVC API.
 
-Shared by tests/test_sdk.py and tests/test_remote.py. It is a real HTTP server
+Shared by tests/sdk/test_sdk.py and tests/sdk/test_remote.py. It is a real HTTP server
 (http.server in a thread on a free port) that speaks the service's job API closely enough
 for the client (multipart upload, Idempotency-Key, job polling, result download,
 problem+json errors) and can be told to answer 503/429 or drop the connection for the next

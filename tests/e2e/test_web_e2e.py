@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
 import chromium  # noqa: E402
 import nvc_live  # noqa: E402
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

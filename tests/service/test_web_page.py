@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-STATIC = Path(__file__).resolve().parents[1] / "app" / "static"
+STATIC = Path(__file__).resolve().parents[2] / "app" / "static"
 
 
 class Page(HTMLParser):

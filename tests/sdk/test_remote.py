@@ -1,4 +1,4 @@
-"""`nvc remote` against the scripted server (tests/test_sdk_support.py): directory walking
+"""`nvc remote` against the scripted server (tests/sdk/test_sdk_support.py): directory walking
 and output layout, the skip-if-done manifest, the summary and exit status, and that it runs
 with only the client extra (torch, numpy, codec, FastAPI blocked from importing)."""
 

@@ -17,9 +17,9 @@ mutations reach the parsers instead of stopping at a checksum). Properties:
 - the HTTP route answers 202 or a 4xx problem (never 5xx) and keeps nothing of a refusal.
 
 Case counts: NVC_FUZZ_EXAMPLES (default 2000, what CI runs) is split over the hypothesis
-tests; the long run by hand is e.g. `NVC_FUZZ_EXAMPLES=100000 pytest tests/test_fuzz_upload.py`.
+tests; the long run by hand is e.g. `NVC_FUZZ_EXAMPLES=100000 pytest tests/service/test_fuzz_upload.py`.
 The same targets also run under atheris (coverage-guided) when it is installed:
-`python tests/test_fuzz_upload.py -runs=200000` by hand, a short run in CI.
+`python tests/service/test_fuzz_upload.py -runs=200000` by hand, a short run in CI.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (conftest)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository
 
 from app.problems import Problem  # noqa: E402
 from app.validate import TRAILING_SLACK, VolumeUploadValidator, validator_for  # noqa: E402

@@ -1,8 +1,8 @@
 """SDK tests against a small real HTTP server that scripts faults (``FakeNVC`` in
-tests/test_sdk_support.py). It records every attempt, so the tests check what the client
+tests/sdk/test_sdk_support.py). It records every attempt, so the tests check what the client
 actually sent: the same idempotency key on every retry, one job per submission, the
 Retry-After delay honoured, the API key, and no credentials on a cross-origin redirect.
-The real service is exercised end to end in tests/test_remote_e2e.py.
+The real service is exercised end to end in tests/e2e/test_remote_e2e.py.
 """
 
 from __future__ import annotations
@@ -371,7 +371,7 @@ def test_job_model_accepts_the_services_schema_and_unknown_fields():
 def test_sdk_models_match_the_services_openapi_schema():
     import json
 
-    spec_path = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
+    spec_path = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
     if not spec_path.is_file():
         pytest.skip("openapi/openapi.json not generated")
     schemas = json.loads(spec_path.read_text())["components"]["schemas"]

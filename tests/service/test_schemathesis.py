@@ -7,7 +7,7 @@ A real job (compressed by the worker) is handed to the job routes, so their succ
 (a Job body, a result download) are checked too, not only the 404s of random ids.
 
 CI runs NVC_SCHEMATHESIS_EXAMPLES (default 25) examples per operation and phase; by hand e.g.
-`NVC_SCHEMATHESIS_EXAMPLES=500 pytest tests/test_schemathesis.py`.
+`NVC_SCHEMATHESIS_EXAMPLES=500 pytest tests/service/test_schemathesis.py`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A live `nvc serve` for end-to-end tests (test support, no tests here).
 
-One server per pytest process, started on first use and shared by tests/test_web_e2e.py and
-tests/test_remote_e2e.py (starting the stack costs seconds of a 2-core CI budget). It runs
+One server per pytest process, started on first use and shared by tests/e2e/test_web_e2e.py and
+tests/e2e/test_remote_e2e.py (starting the stack costs seconds of a 2-core CI budget). It runs
 with an embedded Redis on a free port and storage in a temporary folder; NVC_* variables of
 the caller are dropped so a developer's configuration (e.g. NVC_REDIS_URL on DB 0) is never
 touched. `stop()` ends it and everything it started (its process group).
@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DATA = REPO.parent / "shared" / "data"
 PHANTOM = DATA / "mr_phantom_t1_3d_lowres.nii.gz"
 

@@ -20,7 +20,7 @@ from codec.fit import load_into_buffer, slab_bounds
 from codec.network import ACT_MAX, LEAKY_SHIFT, MAX_BIAS, MAX_FAN_IN, MAX_WIDE_FAN_IN, WEIGHT_MAX, IntMLP
 from codec.schedule import A, B, Wavefront
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def smooth_volume(shape: tuple[int, int, int], lo: int, hi: int, seed: int) -> np.ndarray:
