@@ -15,7 +15,11 @@ Methodology (the one behind docs' anchor figures, /work/shared/ANCHORS.md, so nu
 * tomoz 0.2.0 (3-D learned codec) codes the whole volume as (slices, rows, columns) with its
   defaults; zstd -19 and xz -9 code the raw (z, y, x) bytes;
 * every round trip is verified bit-exactly; a mismatch is reported and makes the command fail;
-* the table's mean is the arithmetic mean of the per-volume bits/voxel.
+* the table's mean is the arithmetic mean of the per-volume bits/voxel;
+* "best other" is, per volume, the lowest bits/voxel among the verified reference codecs of the
+  run (every column but NVC's); an NVC profile's ratio to it is nvc / best-other per volume, and
+  for the corpus the mean of NVC's bits/voxel over the mean of the per-volume best (the figure
+  the ratio targets are stated in), with the largest per-volume ratio beside it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-DEFAULT_CODECS = ("jpegls", "j2k", "htj2k", "jxl_e7", "tomoz")
+DEFAULT_CODECS = ("jpegls", "j2k", "htj2k", "jxl_e7", "jxl_e9", "tomoz")
 ALL_CODECS = ("jpegls", "j2k", "htj2k", "jxl_e7", "jxl_e9", "tomoz", "zstd19", "xz9")
 
 
@@ -296,23 +300,65 @@ def run_benchmark(
     for col in columns:
         vals = [v["results"][col]["bits_per_voxel"] for v in volumes if v["results"][col]["verified"]]
         mean[col] = sum(vals) / len(vals) if len(vals) == len(volumes) and vals else None
+    nvc_columns = [f"nvc_{p}" for p in profiles]
+    for entry in volumes:
+        entry.update(best_other(entry, nvc_columns))
     return {
         "methodology": __doc__.split("Methodology", 1)[1].strip(),
         "environment": environment(),
         "columns": columns,
         "volumes": volumes,
         "mean_bits_per_voxel": mean,
+        **versus_best_other(volumes, nvc_columns),
         "crop": list(crop) if crop else None,
         "all_verified": all(r["verified"] for v in volumes for r in v["results"].values()),
+    }
+
+
+def best_other(entry: dict, nvc_columns: list[str]) -> dict:
+    """The volume's best reference codec (lowest verified bits/voxel outside NVC) and each NVC
+    profile's ratio to it; None where there is no verified reference codec or NVC run."""
+    others = [(r["bits_per_voxel"], c) for c, r in entry["results"].items()
+              if c not in nvc_columns and r["verified"] and r["bits_per_voxel"]]
+    best = min(others) if others else None
+    ratios = {}
+    for col in nvc_columns:
+        r = entry["results"].get(col)
+        ratios[col] = r["bits_per_voxel"] / best[0] if best and r and r["verified"] and r["bits_per_voxel"] else None
+    return {
+        "best_other": {"codec": best[1], "bits_per_voxel": best[0]} if best else None,
+        "ratio_to_best_other": ratios,
+    }
+
+
+def versus_best_other(volumes: list[dict], nvc_columns: list[str]) -> dict:
+    """Corpus figures against the per-volume best other codec: its mean, and per NVC profile the
+    ratio of means and the largest per-volume ratio (None unless every volume has both)."""
+    bests = [v["best_other"]["bits_per_voxel"] for v in volumes if v.get("best_other")]
+    best_mean = sum(bests) / len(bests) if bests and len(bests) == len(volumes) else None
+    mean_ratio, max_ratio = {}, {}
+    for col in nvc_columns:
+        ratios = [v["ratio_to_best_other"][col] for v in volumes]
+        ok = best_mean is not None and all(r is not None for r in ratios)
+        nvc_mean = sum(v["results"][col]["bits_per_voxel"] for v in volumes) / len(volumes) if ok else None
+        mean_ratio[col] = nvc_mean / best_mean if ok else None
+        max_ratio[col] = max(ratios) if ok else None
+    return {
+        "best_other_mean_bits_per_voxel": best_mean,
+        "ratio_to_best_other_mean": mean_ratio,
+        "ratio_to_best_other_max": max_ratio,
     }
 
 
 def markdown(report: dict) -> str:
     """The table: bits/voxel (encode/decode MB/s) per volume and codec, the mean, the best codec."""
     cols = report["columns"]
+    nvc_cols = [c for c in cols if c.startswith("nvc_")]
+    vs_best = "best_other_mean_bits_per_voxel" in report and len(nvc_cols) < len(cols)
+    extra = (["best other"] + [f"{c} / best other" for c in nvc_cols]) if vs_best else []
     lines = [
-        "| volume | shape | " + " | ".join(cols) + " | best |",
-        "|---|---|" + "---|" * len(cols) + "---|",
+        "| volume | shape | " + " | ".join(cols + ["best"] + extra) + " |",
+        "|---|---|" + "---|" * (len(cols) + 1 + len(extra)),
     ]
     for v in report["volumes"]:
         cells = []
@@ -325,13 +371,21 @@ def markdown(report: dict) -> str:
             cells.append(f"{r['bits_per_voxel']:.3f} (e{r['encode_MBps']:.1f}/d{r['decode_MBps']:.1f} MB/s)")
             if best_bpv is None or r["bits_per_voxel"] < best_bpv:
                 best, best_bpv = c, r["bits_per_voxel"]
-        lines.append(f"| {v['name']} | ({','.join(map(str, v['shape']))}) | " + " | ".join(cells) + f" | {best} |")
+        cells.append(str(best))
+        if vs_best:
+            other = v.get("best_other")
+            cells.append(f"{other['codec']} {other['bits_per_voxel']:.3f}" if other else "-")
+            cells += [_ratio(v["ratio_to_best_other"].get(c)) for c in nvc_cols]
+        lines.append(f"| {v['name']} | ({','.join(map(str, v['shape']))}) | " + " | ".join(cells) + " |")
     means = report["mean_bits_per_voxel"]
-    lines.append(
-        f"| **mean** | {len(report['volumes'])} vols | "
-        + " | ".join(f"**{means[c]:.3f}**" if means[c] is not None else "-" for c in cols)
-        + " | |"
-    )
+    mean_cells = [f"**{means[c]:.3f}**" if means[c] is not None else "-" for c in cols] + [""]
+    if vs_best:
+        best_mean = report["best_other_mean_bits_per_voxel"]
+        mean_cells.append(f"**{best_mean:.3f}**" if best_mean is not None else "-")
+        for c in nvc_cols:
+            r, worst = report["ratio_to_best_other_mean"].get(c), report["ratio_to_best_other_max"].get(c)
+            mean_cells.append(f"**{_ratio(r)}** (max {_ratio(worst)})" if r is not None else "-")
+    lines.append(f"| **mean** | {len(report['volumes'])} vols | " + " | ".join(mean_cells) + " |")
     env = report["environment"]
     crop = report.get("crop")
     where = f" on the centred {'x'.join(map(str, crop))} sub-volume of each volume" if crop else ""
@@ -342,6 +396,10 @@ def markdown(report: dict) -> str:
         f"{', '.join(f'{x:.1f}' for x in env.get('load_average') or [])}); versions {env['versions']}.\n\n"
     )
     return head + "\n".join(lines) + "\n"
+
+
+def _ratio(r: float | None) -> str:
+    return f"{r:.3f}x" if r is not None else "-"
 
 
 def main(args) -> int:
@@ -388,6 +446,10 @@ def main(args) -> int:
     if args.md_out:
         Path(args.md_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.md_out).write_text(table)
+    if getattr(args, "plot_out", None):
+        from nvc.bench_plot import plot
+
+        plot(report, args.plot_out)
     if not report["all_verified"]:
         raise CLIError("a round trip was not bit-exact (see the table)")
     return 0

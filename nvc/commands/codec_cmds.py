@@ -51,14 +51,17 @@ def register(subparsers) -> None:
         "bench",
         help="compare NVC with JPEG-LS, JPEG 2000, HTJ2K, JPEG XL and tomoz",
         description="Code each volume with NVC (each profile) and the reference codecs, verify every round trip "
-        "bit-exactly, and report bits/voxel and encode/decode MB/s (MB of raw voxels).",
+        "bit-exactly, and report bits/voxel and encode/decode MB/s (MB of raw voxels), the best other codec per "
+        "volume and NVC's ratio to it.",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help=".nii/.nii.gz/.npy volumes")
     p.add_argument("--profiles", default="default", help="comma-separated NVC profiles (default: %(default)s)")
-    p.add_argument("--codecs", default=None, help="comma-separated reference codecs (default: jpegls,j2k,htj2k,jxl_e7,tomoz; "
-                   "also jxl_e9, zstd19, xz9; 'none' for NVC only)")
+    p.add_argument("--codecs", default=None, help="comma-separated reference codecs (default: jpegls,j2k,htj2k,jxl_e7,"
+                   "jxl_e9,tomoz; also zstd19, xz9; 'none' for NVC only)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the results as JSON")
     p.add_argument("--md", dest="md_out", metavar="OUT", help="write the table as Markdown")
+    p.add_argument("--plot", dest="plot_out", metavar="OUT.png",
+                   help="write a chart: bits/voxel per volume for every codec, and encode/decode speeds (matplotlib)")
     p.add_argument("--crop", metavar="X,Y,Z", default=None,
                    help="bench every codec on the centred sub-volume of this size (NIfTI axis order): "
                    "for slow profiles such as `paper` on the CPU")

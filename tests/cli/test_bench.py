@@ -96,3 +96,58 @@ def test_centre_crop_takes_the_middle_and_clips_to_the_array() -> None:
     assert c.shape == (4, 8, 6)
     assert np.array_equal(c, a[3:7, :, :])
     assert centre_crop(a, None) is a
+
+
+def test_bench_reports_the_best_other_codec_and_nvcs_ratio_to_it(volume_file, tmp_path):
+    """Per volume: the lowest verified reference codec and nvc / it; for the corpus: the mean of
+    the per-volume best, NVC's mean over it and the largest per-volume ratio."""
+    path, a = volume_file
+    b = (a[::-1] // 2).astype(np.int16)  # a second volume that codes differently
+    path_b = tmp_path / "half.nii.gz"
+    nib.save(nib.Nifti1Image(b, np.eye(4), dtype=np.int16), str(path_b))
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    assert main(["bench", str(path), str(path_b), "--codecs", "jpegls,htj2k,jxl_e9", "--json", str(out_json),
+                 "--md", str(out_md), "-q"]) == 0
+    report = json.loads(out_json.read_text())
+    ratios = []
+    for v in report["volumes"]:
+        others = {c: v["results"][c]["bits_per_voxel"] for c in ("jpegls", "htj2k", "jxl_e9")}
+        best = min(others, key=others.get)
+        assert v["best_other"] == {"codec": best, "bits_per_voxel": others[best]}
+        nvc_bpv = v["results"]["nvc_default"]["bits_per_voxel"]
+        assert v["ratio_to_best_other"]["nvc_default"] == pytest.approx(nvc_bpv / others[best])
+        ratios.append(nvc_bpv / others[best])
+    best_mean = sum(v["best_other"]["bits_per_voxel"] for v in report["volumes"]) / 2
+    assert report["best_other_mean_bits_per_voxel"] == pytest.approx(best_mean)
+    assert report["ratio_to_best_other_mean"]["nvc_default"] == pytest.approx(
+        report["mean_bits_per_voxel"]["nvc_default"] / best_mean)
+    assert report["ratio_to_best_other_max"]["nvc_default"] == pytest.approx(max(ratios))
+    md = out_md.read_text()
+    assert "| best other | nvc_default / best other |" in md
+    first = report["volumes"][0]
+    assert f"| {first['best_other']['codec']} {first['best_other']['bits_per_voxel']:.3f} | " in md
+    assert f"**{report['ratio_to_best_other_mean']['nvc_default']:.3f}x** (max {max(ratios):.3f}x)" in md
+
+
+def test_jpeg_xl_effort_9_is_a_default_reference_codec():
+    assert "jxl_e9" in bench.DEFAULT_CODECS and set(bench.DEFAULT_CODECS) <= set(bench.ALL_CODECS)
+
+
+def test_bench_plot_writes_a_chart(volume_file, tmp_path):
+    from PIL import Image
+
+    path, _ = volume_file
+    out_png = tmp_path / "img" / "bench.png"
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", str(path), "--codecs", "jpegls,htj2k", "--plot", str(out_png), "--json", str(out_json),
+                 "-q"]) == 0
+    with Image.open(out_png) as image:
+        assert image.format == "PNG" and image.width >= 800 and image.height >= 600
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert len(colours) > 50  # bars, text and hatching, not a blank canvas
+    # the same chart from the saved report
+    from nvc import bench_plot
+
+    again = tmp_path / "again.png"
+    assert bench_plot.main([str(out_json), str(again)]) == 0
+    assert again.stat().st_size > 10_000
