@@ -1,4 +1,4 @@
-"""`nvc compress`, `nvc decompress`, `nvc info`, `nvc bench`: the codec on the command line.
+"""`nvc compress`, `nvc decompress`, `nvc info`, `nvc slice`, `nvc bench`: the codec on the command line.
 
 Conventions follow zstd: `-` is stdin/stdout; `compress IN` writes `IN.nvc`, `decompress IN.nvc`
 writes IN without `.nvc`; an existing output is only replaced with `-f`. Progress bars go to
@@ -67,6 +67,28 @@ def register(subparsers) -> None:
                    "for slow profiles such as `paper` on the CPU")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=cmd_bench)
+
+    p = subparsers.add_parser(
+        "slice",
+        help="render one slice of a .nvc file as PNG (or save it as .npy)",
+        description="Decode only the slab holding slice Z (the last axis of a 3-D volume) and write it as an 8-bit "
+        "PNG with a window (--window PRESET, or --center and --width in the volume's units, Hounsfield for CT), "
+        "or with --npy the exact stored values as .npy. The rendering is specified in codec/render.py.",
+    )
+    p.add_argument("input", metavar="FILE", help=".nvc file")
+    p.add_argument("z", metavar="Z", type=int, help="slice index, 0-based (negative counts from the end)")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: FILE without .nvc + _zZ.png/.npy)")
+    p.add_argument("--window", default=None, help="window preset: auto (percentiles; MR), lung, soft_tissue, bone, brain "
+                   "(default: auto)")
+    p.add_argument("--center", type=float, default=None, help="window center (with --width)")
+    p.add_argument("--width", type=float, default=None, help="window width (with --center)")
+    p.add_argument("--intercept", type=float, default=None,
+                   help="physical value = stored * slope + INTERCEPT (default: the file's NIfTI scaling)")
+    p.add_argument("--slope", type=float, default=None, help="rescale slope (default: the file's NIfTI scaling, else 1)")
+    p.add_argument("--volume", type=int, default=0, help="volume of a 4-D series (default: 0)")
+    p.add_argument("--npy", action="store_true", help="write the raw slice as .npy (x, y; exact dtype) instead of PNG")
+    _common(p)
+    p.set_defaults(handler=cmd_slice)
 
     # `nvc train` belongs to codec/train.py, which imports torch: its options are parsed there, so
     # registering it here costs nothing (every argument after `train` is passed through verbatim).
@@ -248,6 +270,50 @@ def cmd_info(args) -> int:
         print(json.dumps(d, indent=2))
     else:
         print(format_info(d))
+    return 0
+
+
+def cmd_slice(args) -> int:
+    import io
+
+    from codec import render
+    from codec.api import info, read
+    from nvc.cli import CLIError
+
+    if Path(args.input).is_dir():
+        raise IsADirectoryError(f"{args.input} is a directory")
+    with open(args.input, "rb") as f:
+        data = f.read()
+    d = info(io.BytesIO(data))
+    try:
+        z, t = render.slice_index(d["shape"], args.z, args.volume)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    out = args.output
+    if out is None:
+        stem = args.input[: -len(".nvc")] if args.input.endswith(".nvc") else args.input
+        out = f"{stem}_z{z}.{'npy' if args.npy else 'png'}"
+    _check_output(Path(out), args.force, args.input)
+    dec = read(io.BytesIO(data), slices=(z, z + 1))
+    slice_xy = render.first_slice(dec.array, t)
+    if args.npy:
+        payload = render.npy_bytes(slice_xy)
+        note = f"slice {z} of {d['shape'][2] if len(d['shape']) > 2 else 1} as .npy ({slice_xy.dtype})"
+    else:
+        rescale = render.rescale_of(dec.nifti_header)
+        if args.slope is not None or args.intercept is not None:
+            rescale = render.Rescale(args.slope if args.slope is not None else rescale.slope,
+                                     args.intercept if args.intercept is not None else rescale.intercept, True)
+        try:
+            window, rescale = render.choose_window(slice_xy, rescale, args.window, args.center, args.width)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        payload = render.png_bytes(render.render(slice_xy, window, rescale))
+        note = (f"slice {z} as PNG, window center {window.center:g} width {window.width:g} "
+                f"(value = stored * {rescale.slope:g} + {rescale.intercept:g})")
+    _write_output(out, payload)
+    if not args.quiet:
+        print(f"{out}: {note}", file=sys.stderr)
     return 0
 
 
