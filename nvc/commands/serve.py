@@ -16,6 +16,7 @@ Heavy imports (uvicorn, torch, the app) happen inside the handlers only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -59,7 +60,10 @@ def register(subparsers) -> None:
     p.add_argument("--processes", type=int, default=1, help="CPU worker processes (default 1)")
     p.add_argument("--queues", default=None, help="comma-separated queues (default: by device)")
     p.add_argument("--shutdown-grace", type=float, default=600.0,
-                   help="seconds a stopping worker may spend finishing its job (default 600)")
+                   help="seconds a stopping worker may spend finishing its running job before it hands the job "
+                   "back to the queue (default 600)")
+    p.add_argument("--name", default=None,
+                   help="Celery worker name (default gpu<N>@%%h / cpu<N>@%%h); several processes get -<i> appended")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=worker)
 
@@ -172,7 +176,8 @@ def worker_command(name: str, queues: list[str], log_level: str = "info") -> lis
 
 
 def plan_workers(settings, *, cpu: bool, gpus: int | None, processes: int, queues: str | None,
-                 env: dict[str, str] | None = None) -> list[tuple[str, list[str], dict[str, str]]]:
+                 env: dict[str, str] | None = None, name: str | None = None
+                 ) -> list[tuple[str, list[str], dict[str, str]]]:
     """(name, queues, extra env) of each worker process to start.
 
     One process per GPU pinned with CUDA_VISIBLE_DEVICES (devices from that variable when it
@@ -196,11 +201,18 @@ def plan_workers(settings, *, cpu: bool, gpus: int | None, processes: int, queue
         devices = devices[: max(0, gpus)]
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     if devices:
-        return [(f"gpu{d}@%h", chosen or [settings.gpu_queue], {"CUDA_VISIBLE_DEVICES": d}) for d in devices]
-    return [
-        (f"cpu{i}@%h", chosen or [settings.cpu_queue, settings.gpu_queue], {"CUDA_VISIBLE_DEVICES": "", "NVC_DEVICE": "cpu"})
-        for i in range(max(1, processes))
-    ]
+        plan = [(f"gpu{d}@%h", chosen or [settings.gpu_queue], {"CUDA_VISIBLE_DEVICES": d}) for d in devices]
+    else:
+        plan = [
+            (f"cpu{i}@%h", chosen or [settings.cpu_queue, settings.gpu_queue],
+             {"CUDA_VISIBLE_DEVICES": "", "NVC_DEVICE": "cpu"})
+            for i in range(max(1, processes))
+        ]
+    if name:
+        base = name if "@" in name else f"{name}@%h"
+        node, _, host = base.partition("@")
+        plan = [(base if len(plan) == 1 else f"{node}-{i}@{host}", q, e) for i, (_, q, e) in enumerate(plan)]
+    return plan
 
 
 class Supervisor:
@@ -247,13 +259,27 @@ class Supervisor:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p is not None]
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 10.0, hand_back: float = 20.0) -> None:
+        """Stop the workers without losing or duplicating a job (what Kubernetes' SIGTERM asks).
+
+        SIGTERM goes to each Celery main process only, not its process group: a warm shutdown,
+        in which it stops taking jobs and waits for the running one (the pool child keeps
+        working; Celery resets the child's SIGTERM to the default, so a group-wide signal would
+        kill the job at once). After `grace` seconds a worker still busy gets SIGQUIT, Celery's
+        cold shutdown: it stops the pool child and, as its broker channel closes, puts the
+        unacknowledged message of the running job back on its queue (kombu's Redis transport
+        restores unacked messages at shutdown, flagged redelivered), so another worker takes the
+        job over as a new attempt; the stopped attempt's result, had it any, is never the one
+        recorded (attempt ids, worker/tasks.py). `hand_back` seconds later whatever is left is
+        killed; a message that was not restored then is re-queued by the API's watchdog once the
+        job's heartbeats stop."""
         self._stopping.set()
         with self._lock:
             procs = [p for p in self.procs if p is not None]
             for proc in procs:
                 if proc.poll() is None:
-                    _kill_group(proc.pid, signal.SIGTERM)  # Celery: warm shutdown
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGTERM)  # Celery: warm shutdown
             deadline = time.monotonic() + grace
             for proc in procs:
                 try:
@@ -261,7 +287,18 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     pass
             for proc in procs:
-                stop(proc, grace=5.0, first=signal.SIGQUIT)  # Celery: cold shutdown, then kill
+                if proc.poll() is None:
+                    print(f"nvc: worker pid {proc.pid} still busy after {grace:g} s; handing its job back to the queue",
+                          file=sys.stderr, flush=True)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGQUIT)  # Celery: cold shutdown (restores the unacked message)
+            deadline = time.monotonic() + hand_back
+            for proc in procs:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+                stop(proc, grace=0.1, first=signal.SIGKILL)  # whatever is left, and stray grandchildren
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -280,7 +317,8 @@ def worker(args: argparse.Namespace) -> int:
         from nvc.cli import CLIError
 
         raise CLIError("NVC_REDIS_URL is not set (or use `nvc serve` to run everything on this machine)")
-    plan = plan_workers(settings, cpu=args.cpu, gpus=args.gpus, processes=args.processes, queues=args.queues)
+    plan = plan_workers(settings, cpu=args.cpu, gpus=args.gpus, processes=args.processes, queues=args.queues,
+                        name=args.name)
     specs = [(worker_command(name, queues, args.log_level), {**os.environ, **extra}) for name, queues, extra in plan]
     for name, queues, extra in plan:
         print(f"nvc: worker {name} on {','.join(queues)} (CUDA_VISIBLE_DEVICES={extra['CUDA_VISIBLE_DEVICES']!r})",
