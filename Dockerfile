@@ -21,11 +21,12 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.
 
 COPY pyproject.toml README.md ./
 COPY codec ./codec
+COPY service ./service
 COPY app ./app
 COPY worker ./worker
 COPY nvc ./nvc
 COPY openapi ./openapi
-RUN pip install ".[server]" && python -c "import codec, app.main, worker.celery_app"
+RUN pip install ".[server]" && python -c "import codec, service, app.main, worker.tasks"
 
 USER nvc
 ENV NVC_DATA_DIR=/data \

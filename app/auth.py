@@ -44,7 +44,7 @@ from typing import Iterator
 
 from fastapi import Request
 
-from app.problems import Problem
+from service.problems import Problem
 
 ANONYMOUS = "anonymous"
 TOKEN_PREFIX = "nvc_"

@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import Request
 
-from app.jobs import AsyncJobStore
-from app.settings import Settings
-from app.storage import Storage
+from service.jobs import AsyncJobStore
+from service.settings import Settings
+from service.storage import Storage
 
 
 @dataclass

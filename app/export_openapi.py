@@ -16,7 +16,7 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.jso
 
 def render() -> str:
     from app.main import create_app
-    from app.settings import Settings
+    from service.settings import Settings
 
     # Fixed settings: the document must not depend on the environment it is generated in.
     app = create_app(Settings(_env_file=None, redis_url=None, cors_origins=[], api_keys=[]))

@@ -23,12 +23,12 @@ import nvc
 from app import problems
 from app.auth import KeyRing
 from app.deps import Services
-from app.jobs import AsyncJobStore
 from app.limits import RequestTimeoutMiddleware
 from app.metrics import HttpMetrics, MetricsMiddleware
 from app.routes import health, jobs
-from app.settings import Settings, get_settings
-from app.storage import make_storage, sweep_orphans
+from service.jobs import AsyncJobStore
+from service.settings import Settings, get_settings
+from service.storage import make_storage, sweep_orphans
 
 STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger("nvc.api")
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         import redis.asyncio as aioredis
 
-        from worker.celery_app import make_celery
+        from service.queue import make_celery
 
         if not settings.redis_url:
             raise RuntimeError("NVC_REDIS_URL is not set (use `nvc serve` to run with an embedded Redis)")

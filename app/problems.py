@@ -1,6 +1,7 @@
 """RFC 9457 problem details: every error the API answers is `application/problem+json`.
 
-Why one module: handlers for our own `Problem` exception, Starlette's HTTPException (404 for
+Why one module: handlers for our own `Problem` exception (`service.problems`: plain data, so
+the service core and the workers can raise and read it without the web framework), Starlette's HTTPException (404 for
 unknown routes, 405, ...), request validation errors and anything unexpected all end up in
 the same shape, so clients parse one format and always get a human-readable `detail`.
 """
@@ -16,30 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.problems import Problem
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("nvc.api")
-
-
-class Problem(Exception):
-    """An error answered as problem+json. `slug` names the problem type (urn:nvc:problem:<slug>)."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        slug: str | None = None,
-        title: str | None = None,
-        headers: dict[str, str] | None = None,
-        **extensions: Any,
-    ):
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.slug = slug
-        self.title = title or HTTPStatus(status).phrase
-        self.headers = headers or {}
-        self.extensions = extensions
 
 
 def problem_response(
@@ -103,7 +84,7 @@ def install(app: FastAPI) -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from app.storage import StorageError
+    from service.storage import StorageError
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

@@ -20,8 +20,8 @@ import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.problems import Problem
-from app.storage import Storage, Writer
+from service.problems import Problem
+from service.storage import Storage, Writer
 
 BATCH_BYTES = 1024 * 1024
 HEAD_BYTES = 352  # enough for a NIfTI-1 header + magic, a NIfTI-2 magic, an .npy magic
@@ -40,7 +40,7 @@ class Upload:
     filename: str | None = None
     head: bytes = b""
     fields: dict[str, str] = field(default_factory=dict)
-    volume: Any = None  # app.validate.VolumeInfo when a validator was given
+    volume: Any = None  # service.validate.VolumeInfo when a validator was given
 
 
 def sniff_volume(head: bytes) -> str | None:
@@ -140,7 +140,7 @@ async def receive_upload(
 
     `check_head(first_bytes)` is called once the first bytes are in (or at the end for a
     tiny body) and may raise a Problem to refuse the upload early. `validator` (see
-    app/validate.py) sees every byte of the file before it is written and may refuse it;
+    service/validate.py) sees every byte of the file before it is written and may refuse it;
     `on_batch()` is awaited after each batch written (e.g. to keep a reservation alive). On
     any failure the partial object is removed and the exception propagates.
     """

@@ -4,7 +4,7 @@ Why the API runs this and not the workers: a worker that died (OOM-killed with i
 process group, a node that vanished, a frozen VM) cannot report its own death, and its Celery
 message sits unacknowledged in Redis until the broker's visibility timeout (hours) puts it
 back. Every running attempt stamps `heartbeat_at` on its record every few seconds (a thread
-in the worker, see worker/tasks.py). Every NVC_WATCHDOG_SECONDS the API looks at the running
+in the worker, see worker/attempt.py). Every NVC_WATCHDOG_SECONDS the API looks at the running
 jobs (the `<prefix>running` index kept by the transition script) and:
 
 - a job whose heartbeat is older than NVC_HEARTBEAT_TIMEOUT_SECONDS is put back to `queued`
@@ -33,11 +33,11 @@ from typing import Any
 
 import anyio
 
-from app.storage import job_prefix
+from service.errors import lost_worker_message, requeue_failed_message, time_limit_message
+from service.queue import HARD_LIMIT_GRACE_SECONDS, publish
+from service.storage import job_prefix
 
 log = logging.getLogger("nvc.watchdog")
-#: Celery kills a task this long after its soft time limit (worker/celery_app.py).
-HARD_LIMIT_GRACE_SECONDS = 60
 
 
 async def remember_epoch(services) -> str | None:
@@ -59,12 +59,6 @@ async def store_was_reset(services) -> bool:
     if current is None:
         await services.redis.set(key, uuid.uuid4().hex, nx=True)
     return current != seen
-
-
-def _task_for(kind: str) -> str:
-    from worker.celery_app import TASK_COMPRESS, TASK_DECOMPRESS
-
-    return TASK_COMPRESS if kind == "compress" else TASK_DECOMPRESS
 
 
 async def _fail(services, job_id: str, guard: dict | None, error: str) -> bool:
@@ -95,8 +89,7 @@ async def check_running(services, now: float | None = None) -> dict[str, list[st
         attempts = int(record.get("attempts") or 0)
         limit = settings.task_time_limit_seconds + HARD_LIMIT_GRACE_SECONDS + settings.heartbeat_timeout_seconds
         if now - started > limit:
-            error = (f"the job took longer than the time limit of {settings.task_time_limit_seconds} s "
-                     "(NVC_TASK_TIME_LIMIT_SECONDS) and was stopped")
+            error = time_limit_message(settings)
             if await _fail(services, job_id, guard, error):
                 outcome["failed"].append(job_id)
             continue
@@ -104,8 +97,7 @@ async def check_running(services, now: float | None = None) -> dict[str, list[st
         if silent <= settings.heartbeat_timeout_seconds:
             continue
         if attempts >= settings.max_attempts:
-            error = (f"the worker running this job stopped responding (no heartbeat for {silent:.0f} s) and the job "
-                     f"has had {attempts} attempts: giving up")
+            error = lost_worker_message(silent, attempts)
             if await _fail(services, job_id, guard, error):
                 outcome["failed"].append(job_id)
             continue
@@ -114,13 +106,11 @@ async def check_running(services, now: float | None = None) -> dict[str, list[st
             continue
         try:
             await anyio.to_thread.run_sync(
-                lambda: services.celery.send_task(_task_for(record["kind"]), args=[job_id],
-                                                  queue=record.get("queue") or settings.resolved_submit_queue,
-                                                  task_id=job_id)
+                publish, services.celery, record["kind"], job_id, record.get("queue") or settings.resolved_submit_queue
             )
         except Exception as exc:
             await services.jobs.transition(job_id, "failed", ["queued"], finished_at=time.time(),
-                                           error=f"the worker was lost and the job could not be queued again: {exc}")
+                                           error=requeue_failed_message(exc))
             outcome["failed"].append(job_id)
             continue
         log.warning("job %s: no heartbeat from %s for %.0f s; queued again (attempt %d of %d next)", job_id,

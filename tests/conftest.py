@@ -99,7 +99,7 @@ def redis_server(tmp_path_factory):
 @pytest.fixture
 def service_settings(redis_server, tmp_path):
     """Settings of an isolated service: unique key prefix and queues, storage under tmp_path."""
-    from app.settings import Settings
+    from service.settings import Settings
 
     tag = uuid.uuid4().hex[:10]
     return Settings(

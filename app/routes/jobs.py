@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
@@ -16,20 +16,19 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from app.auth import current_owner
 from app.deps import Services, get_services
-from app.jobs import ACTIVE_STATES, TERMINAL_STATES, new_record
 from app.limits import ActiveJobs
 from app.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.schemas import Job, OutputFormat, ProblemDetails, job_from_record
-from app.storage import ObjectNotFound, job_prefix
 from app.uploads import receive_upload, sniff_volume, stem_of
-from app.validate import NVC_MAGIC, validator_for
 from app.watchdog import remember_epoch, store_was_reset
-from worker.celery_app import TASK_COMPRESS, TASK_DECOMPRESS
+from service.jobs import ACTIVE_STATES, TERMINAL_STATES
+from service.storage import ObjectNotFound, job_prefix
+from service.submission import IdempotencyClaim, build_record, enqueue, input_key, job_parameters
+from service.validate import NVC_MAGIC, validator_for
 
 router = APIRouter(tags=["jobs"])
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-PROFILE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_WAIT_SECONDS = 60.0
 
 Owner = Annotated[str, Depends(current_owner)]
@@ -42,15 +41,6 @@ IdempotencyKey = Annotated[
         description="Retrying a submission with the same key returns the same job instead of a new one.",
     ),
 ]
-
-
-def known_profiles() -> list[str] | None:
-    """Profile names the codec knows, when it can tell without loading torch (else the worker checks)."""
-    try:
-        from codec.profiles import PROFILES
-    except Exception:
-        return None
-    return list(PROFILES)
 
 
 def _problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -110,33 +100,45 @@ async def _submit(
     idempotency_key: str | None,
     params: dict[str, str | None],
 ) -> Job:
+    """Stream the upload into storage, then create and queue the job (the steps live in
+    `service.submission`; this only adds the HTTP side: the upload and the answer)."""
     settings = services.settings
     job_id = uuid.uuid4().hex
-    idem_redis_key = None
-    if idempotency_key is not None:
-        if not idempotency_key.strip():
-            raise Problem(400, "Idempotency-Key must not be empty", slug="bad-idempotency-key")
-        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
-        idem_redis_key = services.jobs.keys.idempotency(owner, digest)
-        claimed = await services.redis.set(idem_redis_key, job_id, nx=True, ex=settings.job_ttl_seconds)
-        if not claimed:
-            existing = await services.redis.get(idem_redis_key)
-            record = await services.jobs.get(existing) if existing else None
-            if record is None:
-                raise Problem(
-                    409, "a request with this Idempotency-Key is still in progress; retry in a moment",
-                    slug="idempotency-in-progress", headers={"Retry-After": "1"},
-                )
-            if record["kind"] != kind:
-                raise Problem(
-                    422, f"this Idempotency-Key was used for a {record['kind']} request, not {kind}",
-                    slug="idempotency-key-reused",
-                )
-            response.headers["Idempotent-Replayed"] = "true"
-            return _job_response(response, request, record)
+    claim = IdempotencyClaim(services.redis, services.jobs, owner, idempotency_key, job_id, settings.job_ttl_seconds)
+    replayed = await claim.claim(kind)
+    if replayed is not None:
+        response.headers["Idempotent-Replayed"] = "true"
+        return _job_response(response, request, replayed)
 
-    input_key = f"{job_prefix(job_id)}input"
     active = ActiveJobs(services, owner)
+    try:
+        await active.reserve(job_id)  # before reading the upload: a refusal costs nothing
+        upload = await receive_upload(
+            request, services.storage, input_key(job_id), settings.max_upload_bytes, _head_check(kind, settings),
+            validator=validator_for(kind, settings.max_volume_bytes), on_batch=lambda: active.touch(job_id),
+        )
+        fields = {k: v for k, v in upload.fields.items() if v != ""}
+        merged = {name: params.get(name) or fields.get(name) for name in params}
+        filename = merged.pop("filename", None) or upload.filename
+        job_params = job_parameters(kind, merged)
+        record = build_record(
+            job_id, kind, owner, settings, job_params, filename=filename,
+            output_name=f"{stem_of(filename)}.{job_params.output_format}", size=upload.size, sha256=upload.sha256,
+            volume=upload.volume, idempotency_key=idempotency_key,
+        )
+        await remember_epoch(services)
+        await services.jobs.create(record)
+    except BaseException:
+        await _roll_back(services, job_id, active, claim)
+        raise
+
+    await services.jobs.count_bytes("in", kind, upload.size)
+    await enqueue(services.jobs, services.celery, record)
+    return _job_response(response, request, record)
+
+
+def _head_check(kind: str, settings) -> Callable[[bytes], None]:
+    """Refuse an upload from its first bytes (415) before the rest is read."""
 
     def check_head(head: bytes) -> None:
         if kind == "compress" and sniff_volume(head) is None:
@@ -149,80 +151,18 @@ async def _submit(
         if kind == "decompress" and head[:8] != NVC_MAGIC[: len(head[:8])]:
             raise Problem(415, "the upload is not an .nvc file (bad magic)", slug="unsupported-input")
 
-    try:
-        await active.reserve(job_id)  # before reading the upload: a refusal costs nothing
-        upload = await receive_upload(
-            request, services.storage, input_key, settings.max_upload_bytes, check_head,
-            validator=validator_for(kind, settings.max_volume_bytes), on_batch=lambda: active.touch(job_id),
-        )
-        fields = {k: v for k, v in upload.fields.items() if v != ""}
-        merged = {name: params.get(name) or fields.get(name) for name in params}
-        filename = merged.pop("filename", None) or upload.filename
-        if kind == "compress":
-            profile = merged.get("profile") or "default"
-            if not PROFILE.match(profile):
-                raise Problem(422, f"invalid profile name {profile!r}", slug="invalid-request")
-            known = known_profiles()
-            if known is not None and profile not in known:
-                raise Problem(
-                    422, f"unknown profile {profile!r}: choose one of {', '.join(known)}", slug="invalid-request"
-                )
-            input_format = upload.volume.format
-            output_format = "nvc"
-            extra = {"profile": profile}
-        else:
-            profile = None
-            input_format = "nvc"
-            output_format = merged.get("format") or "nii.gz"
-            if output_format not in ("nii.gz", "nii", "npy"):
-                raise Problem(
-                    422, f"format must be one of nii.gz, nii, npy (got {output_format!r})", slug="invalid-request"
-                )
-            extra = {}
-        record = new_record(
-            job_id,
-            kind,
-            owner,
-            settings.job_ttl_seconds,
-            input_name=filename,
-            input_format=input_format,
-            input_key=input_key,
-            input_size=upload.size,
-            input_sha256=upload.sha256,
-            output_format=output_format,
-            output_name=f"{stem_of(filename)}.{output_format}",
-            queue=settings.resolved_submit_queue,
-            idempotency_key=idempotency_key,
-            shape=list(upload.volume.shape),
-            dtype=upload.volume.dtype,
-            **extra,
-        )
-        await remember_epoch(services)
-        await services.jobs.create(record)
-    except BaseException:
-        # undo what was done; each step on its own, so an unreachable store does not stop the rest
-        with anyio.CancelScope(shield=True):
-            with contextlib.suppress(Exception):
-                await anyio.to_thread.run_sync(services.storage.delete_prefix, job_prefix(job_id))
-            with contextlib.suppress(Exception):
-                await active.release(job_id)
-            with contextlib.suppress(Exception):
-                if idem_redis_key is not None and await services.redis.get(idem_redis_key) == job_id:
-                    await services.redis.delete(idem_redis_key)
-        raise
+    return check_head
 
-    await services.jobs.count_bytes("in", kind, upload.size)
-    task = TASK_COMPRESS if kind == "compress" else TASK_DECOMPRESS
-    try:
-        await anyio.to_thread.run_sync(
-            lambda: services.celery.send_task(task, args=[job_id], queue=record["queue"], task_id=job_id)
-        )
-    except Exception as exc:
-        await services.jobs.transition(
-            job_id, "failed", ACTIVE_STATES, finished_at=time.time(), error=f"could not queue the job: {exc}"
-        )
-        raise Problem(503, "the job queue is not reachable; try again later", slug="queue-unavailable") from exc
-    return _job_response(response, request, record)
+
+async def _roll_back(services: Services, job_id: str, active: ActiveJobs, claim: IdempotencyClaim) -> None:
+    """Undo a failed submission; each step on its own, so an unreachable store does not stop the rest."""
+    with anyio.CancelScope(shield=True):
+        with contextlib.suppress(Exception):
+            await anyio.to_thread.run_sync(services.storage.delete_prefix, job_prefix(job_id))
+        with contextlib.suppress(Exception):
+            await active.release(job_id)
+        with contextlib.suppress(Exception):
+            await claim.release()
 
 
 @router.post(

@@ -66,7 +66,7 @@ class _CheckedKeyFile:
 def _key_file(args: argparse.Namespace) -> _CheckedKeyFile:
     if args.file is not None:
         return _CheckedKeyFile(args.file)
-    from app.settings import Settings, get_settings
+    from service.settings import Settings, get_settings
 
     get_settings.cache_clear()
     return _CheckedKeyFile(Settings().resolved_api_keys_file)

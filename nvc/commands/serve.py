@@ -305,7 +305,7 @@ class Supervisor:
 
 
 def _settings():
-    from app.settings import Settings, get_settings
+    from service.settings import Settings, get_settings
 
     get_settings.cache_clear()
     return Settings()

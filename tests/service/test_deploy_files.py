@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from app.main import create_app
-from app.settings import Settings, env_names
 from conftest import REPO
 from nvc.cli import build_parser
 from nvc.commands import serve as serve_cmds
+from service.settings import Settings, env_names
 
 #: NVC_* variables read by the codec library itself (not service settings).
 CODEC_ENV = {"NVC_DEVICE"}

@@ -89,9 +89,9 @@ def services(service_settings):
     import redis.asyncio as aioredis
 
     from app.deps import Services
-    from app.jobs import AsyncJobStore
-    from app.storage import make_storage
-    from worker.celery_app import make_celery
+    from service.jobs import AsyncJobStore
+    from service.storage import make_storage
+    from service.queue import make_celery
 
     settings = service_settings.model_copy(update={"heartbeat_timeout_seconds": 10, "max_attempts": 3,
                                                    "task_time_limit_seconds": 100})
@@ -106,7 +106,7 @@ def services(service_settings):
 
 
 def running_job(svc, store, *, age: float, silent: float, attempts: int = 1, kind: str = "compress") -> str:
-    from app.jobs import new_record
+    from service.jobs import new_record
 
     job_id = uuid.uuid4().hex
     now = time.time()
@@ -121,7 +121,7 @@ def test_watchdog_requeues_silent_jobs_and_fails_hopeless_ones(services, service
 
     import redis
 
-    from app.jobs import JobStore
+    from service.jobs import JobStore
     from app.watchdog import check_running
 
     sync = redis.Redis.from_url(service_settings.redis_url, decode_responses=True)
@@ -152,11 +152,11 @@ def test_watchdog_requeues_silent_jobs_and_fails_hopeless_ones(services, service
 def test_attempt_guards_give_exactly_one_result(service_settings, small_volume):
     """A presumed-dead attempt that wakes up after another attempt took over stops, and does not
     delete the other attempt's result; a duplicate delivery of a live job is dropped."""
-    from app.jobs import new_record
-    from app.storage import job_prefix
-    from worker import tasks
+    from service.jobs import new_record
+    from service.storage import job_prefix
+    from worker import attempt, lifecycle, runtime, verify
 
-    rt = tasks.configure(service_settings)
+    rt = runtime.configure(service_settings)
     try:
         job_id = uuid.uuid4().hex
         key = f"{job_prefix(job_id)}input"
@@ -168,24 +168,24 @@ def test_attempt_guards_give_exactly_one_result(service_settings, small_volume):
         # attempt 1 on another worker, alive (fresh heartbeat): a second delivery is a duplicate
         rt.store.transition(job_id, "running", ["queued"], started_at=time.time(), heartbeat_at=time.time(),
                             attempts=1, attempt_id="old", worker="other@host")
-        assert tasks.run_job(job_id, "compress", "me@host") == "duplicate"
+        assert lifecycle.run_job(job_id, "compress", "me@host") == "duplicate"
         # the broker redelivers (the other worker's process died): this delivery takes over and succeeds
-        assert tasks.run_job(job_id, "compress", "me@host", redelivered=True) == "succeeded"
+        assert lifecycle.run_job(job_id, "compress", "me@host", redelivered=True) == "succeeded"
         record = rt.store.get(job_id)
         assert record["attempts"] == 2 and record["attempt_id"] != "old"
         # the old attempt wakes up: its progress write is refused (the job is over; run_job then
         # keeps the objects, since the state is `succeeded`), its result write cannot win
-        with pytest.raises(tasks.JobCancelled, match="succeeded"):
-            tasks.Progress(rt.store, job_id, 0, 1, 0, attempt_id="old").check(0.5)
+        with pytest.raises(attempt.JobCancelled, match="succeeded"):
+            attempt.Progress(rt.store, job_id, 0, 1, 0, attempt_id="old").check(0.5)
         done, state = rt.store.transition(job_id, "succeeded", ["running"], guard={"attempt_id": "old"})
         assert not done and state == "succeeded"
         assert result_objects(service_settings, job_id) == ["output.a2.nvc"] == [result_name(record)]
         # a late redelivery of the finished job changes nothing
-        assert tasks.run_job(job_id, "compress", "me@host", redelivered=True) == "succeeded"
+        assert lifecycle.run_job(job_id, "compress", "me@host", redelivered=True) == "succeeded"
         assert rt.store.get(job_id)["attempts"] == 2
     finally:
         rt.store.r.close()
-        tasks._runtime = None
+        runtime.reset()
 
 
 class FlakyStorage:
@@ -212,12 +212,12 @@ class FlakyStorage:
 
 @pytest.mark.usefixtures("require_codec")
 def test_worker_retries_storage_then_fails_cleanly(service_settings, small_volume):
-    from app.jobs import new_record
-    from app.storage import job_prefix
-    from worker import tasks
+    from service.jobs import new_record
+    from service.storage import job_prefix
+    from worker import attempt, lifecycle, runtime, verify
 
     settings = service_settings.model_copy(update={"storage_retry_seconds": 3.0})
-    rt = tasks.configure(settings)
+    rt = runtime.configure(settings)
     flaky = FlakyStorage(rt.storage)
     rt.storage = flaky
     try:
@@ -233,18 +233,18 @@ def test_worker_retries_storage_then_fails_cleanly(service_settings, small_volum
 
         short = submit()
         flaky.down_until = time.monotonic() + 1.0  # a blip shorter than the retry window
-        assert tasks.run_job(short, "compress", "w") == "succeeded"
+        assert lifecycle.run_job(short, "compress", "w") == "succeeded"
         assert flaky.calls_refused >= 1
         long = submit()
         flaky.down_until = time.monotonic() + 3600  # down for good
         start = time.monotonic()
-        assert tasks.run_job(long, "compress", "w") == "failed"
+        assert lifecycle.run_job(long, "compress", "w") == "failed"
         assert 2.5 < time.monotonic() - start < 30
         error = rt.store.get(long)["error"]
         assert error.startswith("object storage was unreachable while reading the upload (retried for 3 s)"), error
     finally:
         rt.store.r.close()
-        tasks._runtime = None
+        runtime.reset()
 
 
 # ============================================================================= real processes
@@ -471,7 +471,7 @@ def test_object_storage_outage_and_a_deleted_result(s3_settings, make_stack):
     does not. A result object deleted behind the service's back is a 404 that says so."""
     from urllib.parse import urlparse
 
-    from app.storage import S3Storage
+    from service.storage import S3Storage
 
     proxy = TcpProxy(urlparse(s3_settings.s3_endpoint_url).port)
     settings = fault_settings(s3_settings, s3_endpoint_url=proxy.url, storage_retry_seconds=8.0)
@@ -555,7 +555,7 @@ def test_a_job_over_its_time_limit_fails_with_a_message(service_settings, make_s
 def test_a_missing_local_result_is_a_404_with_the_reason(service_settings, small_volume):
     from fastapi.testclient import TestClient
 
-    from app.jobs import JobStore
+    from service.jobs import JobStore
     from app.main import create_app
 
     import redis

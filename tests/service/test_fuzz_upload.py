@@ -1,4 +1,4 @@
-"""Hostile input: fuzz the upload checks (app/validate.py), the codec's NIfTI/.npy readers and
+"""Hostile input: fuzz the upload checks (service/validate.py), the codec's NIfTI/.npy readers and
 .nvc parser, and the upload route itself.
 
 Every case is a mutation of a valid seed file (bit flips, interesting integers written over
@@ -45,8 +45,8 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (conftest)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository
 
-from app.problems import Problem  # noqa: E402
-from app.validate import TRAILING_SLACK, VolumeUploadValidator, validator_for  # noqa: E402
+from service.problems import Problem  # noqa: E402
+from service.validate import TRAILING_SLACK, VolumeUploadValidator, validator_for  # noqa: E402
 
 TOTAL_EXAMPLES = int(os.environ.get("NVC_FUZZ_EXAMPLES", "2000"))
 LONG_RUN = "NVC_FUZZ_EXAMPLES" in os.environ
@@ -314,7 +314,7 @@ def route_client(tmp_path_factory, redis_server):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.settings import Settings
+    from service.settings import Settings
 
     root = tmp_path_factory.mktemp("fuzz-route")
     tag = uuid.uuid4().hex[:8]
@@ -535,7 +535,7 @@ if __name__ == "__main__":  # atheris entry point
     import atheris
 
     with atheris.instrument_imports():
-        import app.validate  # noqa: F401
+        import service.validate  # noqa: F401
         import codec.files  # noqa: F401
         import codec.format  # noqa: F401
     volume_seeds()

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.main import create_app
-from app.storage import LocalStorage, StorageError, _check_key
 from conftest import npy_bytes
+from service.storage import LocalStorage, StorageError, _check_key
 
 PROBLEM = "application/problem+json"
 
@@ -137,14 +137,14 @@ def test_job_voxel_sha256_is_the_codec_definition(service_settings):
     import uuid
 
     import codec
-    from app.jobs import new_record
-    from app.storage import job_prefix
+    from service.jobs import new_record
+    from service.storage import job_prefix
     from codec.api import voxel_sha256
-    from worker import tasks
+    from worker import attempt, lifecycle, runtime, verify
 
     volume = (np.arange(9 * 7 * 5, dtype=np.uint16) % 211).reshape(9, 7, 5)
     assert voxel_sha256(volume) != hashlib.sha256(np.ascontiguousarray(volume).tobytes()).hexdigest()
-    rt = tasks.configure(service_settings)
+    rt = runtime.configure(service_settings)
     try:
         job_id = uuid.uuid4().hex
         key = f"{job_prefix(job_id)}input"
@@ -153,11 +153,11 @@ def test_job_voxel_sha256_is_the_codec_definition(service_settings):
         writer.commit()
         rt.store.create(new_record(job_id, "compress", "anonymous", 60, input_key=key, input_format="npy",
                                    output_format="nvc", profile="default"))
-        assert tasks.run_job(job_id, "compress", "w") == "succeeded"
+        assert lifecycle.run_job(job_id, "compress", "w") == "succeeded"
         record = rt.store.get(job_id)
         coded = b"".join(rt.storage.iter_chunks(record["output_key"]))
         assert record["voxel_sha256"] == voxel_sha256(volume) == codec.info(coded)["sha256"]
-        assert tasks.voxel_digest(volume) == voxel_sha256(volume)
+        assert verify.voxel_digest(volume) == voxel_sha256(volume)
     finally:
         rt.store.r.close()
-        tasks._runtime = None
+        runtime.reset()

@@ -14,9 +14,9 @@ import pytest
 import redis as redis_lib
 from fastapi.testclient import TestClient
 
-from app.jobs import JobStore, Keys
 from app.main import create_app, mount_static
 from conftest import npy_bytes
+from service.jobs import JobStore, Keys
 
 PROBLEM = "application/problem+json"
 
@@ -338,7 +338,7 @@ def test_cors_when_configured(service_settings):
 
 
 def test_settings_parse_comma_lists(monkeypatch):
-    from app.settings import Settings
+    from service.settings import Settings
 
     monkeypatch.setenv("NVC_CORS_ORIGINS", "https://a.example, https://b.example")
     monkeypatch.setenv("NVC_API_KEYS", "k1,k2")

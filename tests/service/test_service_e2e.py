@@ -107,7 +107,7 @@ def test_s3_backend_round_trip_with_presigned_download(s3_settings, make_stack, 
         assert streamed.status_code == 200 and len(streamed.content) == job["output_size"]
         assert 'filename="small.nvc"' in streamed.headers["content-disposition"]
         # objects live in the bucket, the upload is gone once the job succeeded
-        from app.storage import S3Storage
+        from service.storage import S3Storage
 
         storage = S3Storage(s3_settings)
         keys = sorted(o["Key"] for o in storage.client.list_objects_v2(Bucket=s3_settings.s3_bucket)["Contents"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from app.settings import Settings, env_names
 from conftest import REPO
+from service.settings import Settings, env_names
 
 
 def test_every_setting_is_documented_in_the_readme():

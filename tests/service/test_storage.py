@@ -9,7 +9,7 @@ import os
 import httpx
 import pytest
 
-from app.storage import LocalStorage, ObjectNotFound, S3Storage, StorageError, make_storage, sweep_orphans
+from service.storage import LocalStorage, ObjectNotFound, S3Storage, StorageError, make_storage, sweep_orphans
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -95,7 +95,7 @@ def client():
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.settings import Settings
+    from service.settings import Settings
 
     # No `with`: the lifespan (Redis, storage) is not needed to serve the page and a preflight.
     return TestClient(create_app(Settings(cors_origins=["http://portal.example"])))

@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 import redis as redis_lib
 
-from app.jobs import JobStore, new_record
-from app.storage import job_prefix
 from conftest import npy_bytes
 from nvc.commands.serve import plan_workers
-from worker import tasks
+from service.jobs import JobStore, new_record
+from service.storage import job_prefix
+from worker import attempt, lifecycle, runtime, verify
 
 
 @pytest.fixture
 def rt(service_settings):
-    runtime = tasks.configure(service_settings)
-    yield runtime
-    runtime.store.r.close()
-    tasks._runtime = None
+    handles = runtime.configure(service_settings)
+    yield handles
+    handles.store.r.close()
+    runtime.reset()
 
 
 def submit(rt, kind: str, payload: bytes, fmt: str, **fields) -> str:
@@ -50,7 +50,7 @@ def test_compress_then_decompress_round_trip(rt, small_volume, tmp_path):
     import codec
 
     job_id = submit(rt, "compress", npy_bytes(small_volume), "npy")
-    assert tasks.run_job(job_id, "compress", "w1@test") == "succeeded"
+    assert lifecycle.run_job(job_id, "compress", "w1@test") == "succeeded"
     job = rt.store.get(job_id)
     assert job["state"] == "succeeded" and job["progress"] == 1.0
     assert job["worker"] == "w1@test" and job["device"] == "cpu" and job["attempts"] == 1
@@ -68,7 +68,7 @@ def test_compress_then_decompress_round_trip(rt, small_volume, tmp_path):
 
     for fmt in ("npy", "nii", "nii.gz"):
         back = submit(rt, "decompress", data, "nvc", output_format=fmt)
-        assert tasks.run_job(back, "decompress", "w1@test") == "succeeded"
+        assert lifecycle.run_job(back, "decompress", "w1@test") == "succeeded"
         out = tmp_path / f"out.{fmt}"
         out.write_bytes(result_bytes(rt, back))
         restored = codec.read_volume(out).array
@@ -89,9 +89,9 @@ def test_nifti_gz_input_keeps_its_header(rt, small_volume, tmp_path):
     affine = np.diag([0.5, 0.5, 2.0, 1.0])
     payload = gzip.compress(nib.Nifti1Image(small_volume, affine).to_bytes())
     job_id = submit(rt, "compress", payload, "nii.gz")
-    assert tasks.run_job(job_id, "compress", "w") == "succeeded"
+    assert lifecycle.run_job(job_id, "compress", "w") == "succeeded"
     back = submit(rt, "decompress", result_bytes(rt, job_id), "nvc", output_format="nii.gz")
-    assert tasks.run_job(back, "decompress", "w") == "succeeded"
+    assert lifecycle.run_job(back, "decompress", "w") == "succeeded"
     out = tmp_path / "back.nii.gz"
     out.write_bytes(result_bytes(rt, back))
     image = nib.load(out)
@@ -111,7 +111,7 @@ def test_nifti_gz_input_keeps_its_header(rt, small_volume, tmp_path):
 )
 def test_bad_input_fails_with_a_clear_error(rt, kind, payload, fmt, message):
     job_id = submit(rt, kind, payload, fmt)
-    assert tasks.run_job(job_id, kind, "w") == "failed"
+    assert lifecycle.run_job(job_id, kind, "w") == "failed"
     job = rt.store.get(job_id)
     assert job["state"] == "failed" and job["error"].startswith(message) and job["finished_at"]
     assert not (rt.storage.root / "jobs" / job_id).exists()
@@ -123,14 +123,14 @@ def test_truncated_nvc_fails(rt, small_volume):
 
     data = codec.encode(small_volume)
     job_id = submit(rt, "decompress", data[: len(data) // 2], "nvc")
-    assert tasks.run_job(job_id, "decompress", "w") == "failed"
+    assert lifecycle.run_job(job_id, "decompress", "w") == "failed"
     assert rt.store.get(job_id)["error"].startswith("not a valid .nvc file")
 
 
 @pytest.mark.usefixtures("require_codec")
 def test_unknown_profile_fails_the_job(rt, small_volume):
     job_id = submit(rt, "compress", npy_bytes(small_volume), "npy", profile="no-such-profile")
-    assert tasks.run_job(job_id, "compress", "w") == "failed"
+    assert lifecycle.run_job(job_id, "compress", "w") == "failed"
     assert "no-such-profile" in rt.store.get(job_id)["error"]
 
 
@@ -149,7 +149,7 @@ def test_verification_mismatch_fails_the_job(rt, small_volume, monkeypatch):
 
     job_id = submit(rt, "compress", npy_bytes(small_volume), "npy")
     monkeypatch.setattr(codec, "read_volume", read_one_voxel_off, raising=False)  # what the worker checks against
-    assert tasks.run_job(job_id, "compress", "w") == "failed"
+    assert lifecycle.run_job(job_id, "compress", "w") == "failed"
     job = rt.store.get(job_id)
     assert job["error"].startswith("verification failed") and "do not match" in job["error"]
     assert not (rt.storage.root / "jobs" / job_id).exists()
@@ -159,15 +159,15 @@ def test_verification_mismatch_fails_the_job(rt, small_volume, monkeypatch):
 def test_cancelled_or_finished_jobs_are_skipped(rt, small_volume):
     job_id = submit(rt, "compress", npy_bytes(small_volume), "npy")
     rt.store.transition(job_id, "cancelled", ["queued"], finished_at=time.time())
-    assert tasks.run_job(job_id, "compress", "w") == "cancelled"
+    assert lifecycle.run_job(job_id, "compress", "w") == "cancelled"
     assert "started_at" not in rt.store.get(job_id)
-    assert tasks.run_job(uuid.uuid4().hex, "compress", "w") == "missing"
+    assert lifecycle.run_job(uuid.uuid4().hex, "compress", "w") == "missing"
 
 
 @pytest.mark.usefixtures("require_codec")
 def test_cancel_while_running_stops_the_codec_and_deletes_objects(rt, small_volume, monkeypatch):
     job_id = submit(rt, "compress", npy_bytes(small_volume), "npy")
-    original_check = tasks.Progress.check
+    original_check = attempt.Progress.check
     seen = []
 
     def cancel_on_first_progress(self, value=None):
@@ -176,8 +176,8 @@ def test_cancel_while_running_stops_the_codec_and_deletes_objects(rt, small_volu
             rt.store.transition(job_id, "cancelled", ["queued", "running"], finished_at=time.time())
         return original_check(self, value)
 
-    monkeypatch.setattr(tasks.Progress, "check", cancel_on_first_progress)
-    assert tasks.run_job(job_id, "compress", "w") == "cancelled"
+    monkeypatch.setattr(attempt.Progress, "check", cancel_on_first_progress)
+    assert lifecycle.run_job(job_id, "compress", "w") == "cancelled"
     assert rt.store.get(job_id)["state"] == "cancelled"
     assert not (rt.storage.root / "jobs" / job_id).exists()
 
@@ -187,13 +187,13 @@ def test_redelivered_job_runs_again_and_gives_up_after_max_attempts(rt, small_vo
     job_id = submit(rt, "compress", npy_bytes(small_volume), "npy")
     # a worker took it and died: the record says running, attempt 1
     rt.store.transition(job_id, "running", ["queued"], started_at=time.time(), attempts=1, worker="dead@host")
-    assert tasks.run_job(job_id, "compress", "w2") == "succeeded"
+    assert lifecycle.run_job(job_id, "compress", "w2") == "succeeded"
     job = rt.store.get(job_id)
     assert job["attempts"] == 2 and job["worker"] == "w2"
 
     poison = submit(rt, "compress", npy_bytes(small_volume), "npy")
     rt.store.transition(poison, "running", ["queued"], attempts=rt.settings.max_attempts)
-    assert tasks.run_job(poison, "compress", "w3") == "failed"
+    assert lifecycle.run_job(poison, "compress", "w3") == "failed"
     assert "gave up after 3 attempts" in rt.store.get(poison)["error"]
 
 
@@ -203,19 +203,19 @@ def test_progress_callback_forms_and_cancellation(service_settings):
     job_id = uuid.uuid4().hex
     store.create(new_record(job_id, "compress", "anonymous", 60))
     store.transition(job_id, "running", ["queued"])
-    progress = tasks.Progress(store, job_id, 0.5, 0.9, interval=0.0)
+    progress = attempt.Progress(store, job_id, 0.5, 0.9, interval=0.0)
     progress(0.5)
     assert store.get(job_id)["progress"] == pytest.approx(0.7)
     progress(3, 4)
     assert store.get(job_id)["progress"] == pytest.approx(0.8)
     progress(done=1, total=1)
     assert store.get(job_id)["progress"] == pytest.approx(0.9)
-    throttled = tasks.Progress(store, job_id, 0.0, 1.0, interval=60)
+    throttled = attempt.Progress(store, job_id, 0.0, 1.0, interval=60)
     throttled(0.1)
     throttled(0.2)  # within the interval: not written
     assert store.get(job_id)["progress"] == pytest.approx(0.1)
     store.transition(job_id, "cancelled", ["running"])
-    with pytest.raises(tasks.JobCancelled):
+    with pytest.raises(attempt.JobCancelled):
         progress(0.6)
     assert store.get(job_id)["progress"] == pytest.approx(0.1)  # a cancelled job's progress is frozen
     client.close()
@@ -223,9 +223,9 @@ def test_progress_callback_forms_and_cancellation(service_settings):
 
 def test_voxel_digest_ignores_layout():
     array = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
-    assert tasks.voxel_digest(array) == tasks.voxel_digest(np.asfortranarray(array))
-    assert tasks.voxel_digest(array) == tasks.voxel_digest(array.astype(">i2"))
-    assert tasks.voxel_digest(array) != tasks.voxel_digest(array.astype(np.int32))
+    assert verify.voxel_digest(array) == verify.voxel_digest(np.asfortranarray(array))
+    assert verify.voxel_digest(array) == verify.voxel_digest(array.astype(">i2"))
+    assert verify.voxel_digest(array) != verify.voxel_digest(array.astype(np.int32))
 
 
 def test_worker_plan_one_process_per_gpu_or_cpu_fallback(service_settings):

@@ -34,7 +34,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from app.problems import Problem
+from service.problems import Problem
 
 GZIP_MAGIC = b"\x1f\x8b"
 NPY_MAGIC = b"\x93NUMPY"

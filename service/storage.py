@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from app.settings import Settings
+from service.settings import Settings
 
 READ_CHUNK = 1024 * 1024
 

@@ -1,0 +1,11 @@
+"""The service core: what the API (`app/`) and the workers (`worker/`) share.
+
+Job records (`service.jobs`), object storage (`service.storage`), settings
+(`service.settings`), the queues and the Celery publisher (`service.queue`), the upload
+check (`service.validate`), the submission domain (`service.submission`), and the problem
+data and error texts both sides report (`service.problems`, `service.errors`).
+
+Why a package of its own: the API and the workers depend down on this core and never on each
+other, and nothing here imports FastAPI or Starlette, so a worker never loads the web stack
+and the API never loads torch (tests/service/test_layering.py checks both).
+"""

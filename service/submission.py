@@ -1,0 +1,144 @@
+"""Submitting a job, below the HTTP layer: idempotency, parameters, the record, enqueueing.
+
+The route (`app/routes/jobs.py`) streams the upload and answers; what a submission *means*
+lives here, as small steps it composes:
+
+- `IdempotencyClaim`: an `Idempotency-Key` is claimed with `SET NX` under the caller's owner
+  before the upload is read; a retry finds the key and gets the same job back (or a 409 with
+  `Retry-After` while the first upload is still in flight); a failed submission releases it.
+- `job_parameters`: the compress profile or the decompress output format, checked.
+- `build_record`: the job record of an accepted upload.
+- `enqueue`: publish the job by task name; a job that cannot be queued fails with a reason.
+
+Every refusal is a `service.problems.Problem` (status, detail, slug) the API answers as-is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from service.errors import queue_failed_message
+from service.jobs import ACTIVE_STATES, AsyncJobStore, new_record
+from service.problems import Problem
+from service.queue import publish
+from service.settings import Settings
+from service.storage import job_prefix
+
+#: Output formats of a decompress job.
+OUTPUT_FORMATS = ("nii.gz", "nii", "npy")
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def input_key(job_id: str) -> str:
+    """Where a job's upload is stored."""
+    return f"{job_prefix(job_id)}input"
+
+
+class IdempotencyClaim:
+    """One submission's hold on its `Idempotency-Key` (no key: a claim that holds nothing)."""
+
+    def __init__(self, redis, jobs: AsyncJobStore, owner: str, key: str | None, job_id: str, ttl: int):
+        if key is not None and not key.strip():
+            raise Problem(400, "Idempotency-Key must not be empty", slug="bad-idempotency-key")
+        self.redis, self.jobs, self.job_id, self.ttl = redis, jobs, job_id, ttl
+        self.redis_key = None if key is None else jobs.keys.idempotency(owner, hashlib.sha256(key.encode()).hexdigest())
+
+    async def claim(self, kind: str) -> dict[str, Any] | None:
+        """Claim the key for this job; the earlier job's record when the key was used already."""
+        if self.redis_key is None:
+            return None
+        if await self.redis.set(self.redis_key, self.job_id, nx=True, ex=self.ttl):
+            return None
+        existing = await self.redis.get(self.redis_key)
+        record = await self.jobs.get(existing) if existing else None
+        if record is None:
+            raise Problem(
+                409, "a request with this Idempotency-Key is still in progress; retry in a moment",
+                slug="idempotency-in-progress", headers={"Retry-After": "1"},
+            )
+        if record["kind"] != kind:
+            raise Problem(
+                422, f"this Idempotency-Key was used for a {record['kind']} request, not {kind}",
+                slug="idempotency-key-reused",
+            )
+        return record
+
+    async def release(self) -> None:
+        """Give the key up, if this submission still holds it."""
+        if self.redis_key is not None and await self.redis.get(self.redis_key) == self.job_id:
+            await self.redis.delete(self.redis_key)
+
+
+def known_profiles() -> list[str] | None:
+    """Profile names the codec knows, when it can tell without loading torch (else the worker checks)."""
+    try:
+        from codec.profiles import PROFILES
+    except Exception:
+        return None
+    return list(PROFILES)
+
+
+@dataclass(frozen=True)
+class JobParameters:
+    """What a job does with its upload, checked."""
+
+    output_format: str
+    profile: str | None = None
+
+
+def job_parameters(kind: str, params: dict[str, str | None]) -> JobParameters:
+    """Check the query/form parameters of a submission (422 with the reason otherwise)."""
+    if kind == "compress":
+        profile = params.get("profile") or "default"
+        if not PROFILE_NAME.match(profile):
+            raise Problem(422, f"invalid profile name {profile!r}", slug="invalid-request")
+        known = known_profiles()
+        if known is not None and profile not in known:
+            raise Problem(422, f"unknown profile {profile!r}: choose one of {', '.join(known)}", slug="invalid-request")
+        return JobParameters(output_format="nvc", profile=profile)
+    output_format = params.get("format") or "nii.gz"
+    if output_format not in OUTPUT_FORMATS:
+        raise Problem(
+            422, f"format must be one of {', '.join(OUTPUT_FORMATS)} (got {output_format!r})", slug="invalid-request"
+        )
+    return JobParameters(output_format=output_format)
+
+
+def build_record(
+    job_id: str, kind: str, owner: str, settings: Settings, params: JobParameters, *, filename: str | None,
+    output_name: str, size: int, sha256: str, volume: Any, idempotency_key: str | None,
+) -> dict[str, Any]:
+    """The record of an accepted upload (`volume`: the header facts the upload check learned)."""
+    extra = {"profile": params.profile} if params.profile is not None else {}
+    return new_record(
+        job_id, kind, owner, settings.job_ttl_seconds,
+        input_name=filename,
+        input_format=volume.format if kind == "compress" else "nvc",
+        input_key=input_key(job_id),
+        input_size=size,
+        input_sha256=sha256,
+        output_format=params.output_format,
+        output_name=output_name,
+        queue=settings.resolved_submit_queue,
+        idempotency_key=idempotency_key,
+        shape=list(volume.shape),
+        dtype=volume.dtype,
+        **extra,
+    )
+
+
+async def enqueue(jobs: AsyncJobStore, celery, record: dict[str, Any]) -> None:
+    """Publish the job by task name; if the queue is unreachable the job fails and the caller
+    gets a 503."""
+    try:
+        await anyio.to_thread.run_sync(publish, celery, record["kind"], record["id"], record["queue"])
+    except Exception as exc:
+        await jobs.transition(record["id"], "failed", ACTIVE_STATES, finished_at=time.time(),
+                              error=queue_failed_message(exc))
+        raise Problem(503, "the job queue is not reachable; try again later", slug="queue-unavailable") from exc
