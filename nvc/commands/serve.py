@@ -270,7 +270,7 @@ class Supervisor:
         unacknowledged message of the running job back on its queue (kombu's Redis transport
         restores unacked messages at shutdown, flagged redelivered), so another worker takes the
         job over as a new attempt; the stopped attempt's result, had it any, is never the one
-        recorded (attempt ids, worker/tasks.py). `hand_back` seconds later whatever is left is
+        recorded (attempt ids, worker/attempt.py). `hand_back` seconds later whatever is left is
         killed; a message that was not restored then is re-queued by the API's watchdog once the
         job's heartbeats stop."""
         self._stopping.set()

@@ -17,7 +17,7 @@ import yaml
 
 import k8s_render
 from app.main import create_app
-from app.settings import Settings, env_names
+from service.settings import Settings, env_names
 from conftest import REPO, npy_bytes
 from nvc.cli import build_parser
 from nvc.commands import serve as serve_cmds
@@ -177,7 +177,7 @@ def test_environment_names_are_settings_and_parse(rendered, overlay):
     docs = rendered[overlay]
     known = env_names() | CODEC_ENV
     for name in config_env(docs):
-        assert name in known, f"{name} is not a setting of app/settings.py"
+        assert name in known, f"{name} is not a setting of service/settings.py"
     for deployment in by_kind(docs, "Deployment"):
         for c in deployment["spec"]["template"]["spec"]["containers"]:
             for var in c.get("env", []):
