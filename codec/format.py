@@ -60,6 +60,19 @@ TAG_INDX = b"INDX"
 TAG_SLAB = b"SLAB"
 TAG_END = b"END "
 
+# DICOM series archives (docs/format.md section 8): a version-2 file that holds a set of files.
+# The coded volumes inside are complete version-1 files; the layout is parsed by codec/dicom_archive.py.
+ARCHIVE_VERSION = 2
+TAG_DICOM_INDEX = b"DIDX"  # first chunk: zstd-compressed JSON index of files, series, volumes, chunks
+TAG_DICOM_VOLUME = b"DVOL"  # one coded pixel volume: a complete version-1 .nvc file
+TAG_DICOM_HEADER = b"DHDR"  # zstd frame: one file's bytes other than its pixel values
+TAG_DICOM_FILE = b"DFIL"  # zstd frame: one file stored verbatim
+#: Limits a reader checks before allocating anything for an archive.
+ARCHIVE_MAX_FILES = 1_000_000
+ARCHIVE_MAX_NAME_BYTES = 4096
+ARCHIVE_MAX_FILE_BYTES = 2**40
+ARCHIVE_MAX_INDEX_BYTES = 256 * 2**20  # the index, decompressed
+
 #: dtype codes of the HEAD chunk (kind, itemsize) -> code.
 DTYPE_CODES: dict[str, int] = {
     "uint8": 1,
@@ -221,6 +234,11 @@ def _chunk(tag: bytes, body: bytes | memoryview) -> list[bytes | memoryview]:
     head = CHUNK_HEAD.pack(tag, len(body))
     crc = crc32c(body, crc32c(head))
     return [head, body, struct.pack("<I", crc)]
+
+
+def pack_chunk(tag: bytes, body: bytes | memoryview) -> bytes:
+    """One chunk (tag, u64 length, body, CRC-32C) as bytes."""
+    return b"".join(_chunk(tag, body))
 
 
 def _dtype_fields(dtype: np.dtype) -> tuple[int, int]:
@@ -461,6 +479,11 @@ def parse(data, *, verify_all: bool = False) -> tuple[Container, Source]:
     magic, version, flags = PREAMBLE.unpack(pre)
     if magic != MAGIC:
         raise FormatError("not an .nvc file (bad magic)")
+    if version == ARCHIVE_VERSION:
+        raise FormatError(
+            "this .nvc file is a DICOM series archive, not a single volume: restore it with "
+            "`nvc decompress FILE -o DIR` or codec.dicom.decompress_dicom"
+        )
     if version not in READABLE_VERSIONS:
         if version > FORMAT_VERSION:
             raise FormatError(f"format version {version} is newer than this reader (reads version {FORMAT_VERSION})")

@@ -19,26 +19,33 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "compress",
-        help="compress a .nii/.nii.gz/.npy volume to .nvc",
+        help="compress a .nii/.nii.gz/.npy volume or a DICOM folder/zip/tar to .nvc",
         description="Compress a NIfTI (.nii, .nii.gz) or .npy volume losslessly to .nvc. "
-        "IN may be '-' (stdin; the format is detected from its bytes).",
+        "IN may be '-' (stdin; the format is detected from its bytes). A folder, a .zip or .tar, or a DICOM "
+        "file becomes one DICOM archive: every series' pixels coded, every file restorable byte for byte.",
     )
-    p.add_argument("input", metavar="IN", help="input file, or - for stdin")
-    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: IN.nvc; stdout when IN is -); - for stdout")
+    p.add_argument("input", metavar="IN", help="input file or DICOM folder, or - for stdin")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: IN.nvc, DIR.nvc for a folder, "
+                   "x.nvc for x.zip; stdout when IN is -); - for stdout")
     p.add_argument("--profile", default="default", help="coding profile (default: %(default)s)")
     _common(p)
     p.set_defaults(handler=cmd_compress)
 
     p = subparsers.add_parser(
         "decompress",
-        help="decompress a .nvc file to .nii/.nii.gz/.npy",
+        help="decompress a .nvc file to .nii/.nii.gz/.npy (a DICOM archive to a folder)",
         description="Decompress an .nvc file. The output format follows OUT's extension (.nii.gz, .nii, .npy), "
-        "or --format; NIfTI input is restored with its original header.",
+        "or --format; NIfTI input is restored with its original header. A DICOM archive is restored into the "
+        "folder OUT, every file byte for byte under its original name (or exported with --transfer-syntax).",
     )
     p.add_argument("input", metavar="IN", help=".nvc file, or - for stdin")
-    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: IN without .nvc; stdout when IN is -); - for stdout")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file or folder (default: IN without .nvc; stdout when IN "
+                   "is -); - for stdout")
     p.add_argument("--format", choices=["nii.gz", "nii", "npy"], help="output format (default: from OUT's extension; "
                    "for stdout: nii when the file came from NIfTI, else npy)")
+    p.add_argument("--transfer-syntax", choices=["jpegls", "jpeg2000", "htj2k", "explicit-little"],
+                   help="DICOM archives: write the coded series as standard DICOM in this lossless transfer syntax "
+                   "(same pixels; headers re-encoded) instead of the original bytes")
     _common(p)
     p.set_defaults(handler=cmd_decompress)
 
@@ -158,10 +165,56 @@ def _write_output(name: str, data: bytes) -> None:
 # --------------------------------------------------------------------------- handlers
 
 
+def _is_dicom_input(name: str) -> bool:
+    """A folder, a zip/tar, or a file with the DICOM preamble goes to the DICOM archive."""
+    path = Path(name)
+    if path.is_dir():
+        return True
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(512)
+    from codec.dicom_inputs import ZIP_EMPTY_MAGIC, ZIP_MAGIC, looks_like_tar
+
+    if head[:4] in (ZIP_MAGIC, ZIP_EMPTY_MAGIC) or head[128:132] == b"DICM":
+        return True
+    return len(head) >= 263 and looks_like_tar(head)
+
+
+def _say(args, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr)
+
+
+def cmd_compress_dicom(args) -> int:
+    from codec import dicom
+    from codec.dicom_inputs import gather
+    from nvc.cli import CLIError
+
+    out = args.output or str(dicom.default_archive_name(Path(args.input)))
+    if out != "-":
+        _check_output(Path(out), args.force, args.input)
+    elif sys.stdout.isatty():
+        raise CLIError("refusing to write compressed data to a terminal (use -o FILE)")
+    files = gather(args.input)
+    with progress_bar(args.quiet, "compress") as progress:
+        data = dicom.compress_files(files, profile=args.profile, progress=progress)
+    n_in = sum(len(f.data) for f in files)
+    del files
+    _write_output(out, data)
+    d = dicom.archive_info(data)
+    _say(args, f"{args.input}: {d['files']} files, {len(d['series'])} series; {d['instances_coded']} instances coded "
+               f"in {d['volumes']} volumes, {d['files_verbatim']} files stored verbatim; {n_in} -> {len(data)} bytes "
+               f"(ratio {n_in / len(data):.3f})")
+    return 0
+
+
 def cmd_compress(args) -> int:
     from codec.files import NVC_SUFFIX, compress_bytes
     from nvc.cli import CLIError
 
+    if args.input != "-" and _is_dicom_input(args.input):
+        return cmd_compress_dicom(args)
     out = args.output
     if out is None:
         out = "-" if args.input == "-" else args.input + NVC_SUFFIX
@@ -170,6 +223,14 @@ def cmd_compress(args) -> int:
     elif sys.stdout.isatty():
         raise CLIError("refusing to write compressed data to a terminal (use -o FILE)")
     data = _read_input(args.input)
+    if data[:4] == b"PK\x03\x04" or data[128:132] == b"DICM":  # a zip or a DICOM file on stdin
+        from codec import dicom
+        from codec.dicom_inputs import from_bytes
+
+        with progress_bar(args.quiet, "compress") as progress:
+            nvc = dicom.compress_files(from_bytes(data, "stdin.dcm"), profile=args.profile, progress=progress)
+        _write_output(out, nvc)
+        return 0
     with progress_bar(args.quiet, "compress") as progress:
         nvc = compress_bytes(data, profile=args.profile, progress=progress)
     del data
@@ -192,7 +253,14 @@ def cmd_decompress(args) -> int:
         source = open(args.input, "rb")
     try:
         from codec import format as fmt
+        from codec.dicom_archive import is_archive
 
+        if is_archive(source.read(fmt.PREAMBLE.size)):
+            source.seek(0)
+            return cmd_decompress_dicom(args, source)
+        source.seek(0)
+        if args.transfer_syntax:
+            raise CLIError("--transfer-syntax applies to DICOM archives only; this file holds one volume")
         container, _ = fmt.parse(source)  # fail fast, before any output decision or decoding
         out = args.output
         if out is None:
@@ -211,6 +279,63 @@ def cmd_decompress(args) -> int:
     del dec
     _write_output(out, data)
     return 0
+
+
+def cmd_decompress_dicom(args, source) -> int:
+    from codec import dicom
+    from nvc.cli import CLIError
+
+    if args.format:
+        raise CLIError("--format does not apply to a DICOM archive: it restores the original files (see --transfer-syntax)")
+    out = args.output
+    if out is None:
+        if args.input == "-":
+            raise CLIError("a DICOM archive restores to a folder: give -o DIR")
+        name = Path(args.input).name
+        out = str(Path(args.input).with_name(name[: -len(".nvc")] if name.lower().endswith(".nvc") and len(name) > 4
+                                             else name + ".out"))
+    if out == "-":
+        raise CLIError("a DICOM archive restores to a folder, not to stdout: give -o DIR")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise CLIError(f"{out} exists and is not a folder")
+    with progress_bar(args.quiet, "decompress") as progress:
+        report = dicom.decompress_dicom(source, out, overwrite=args.force, transfer_syntax=args.transfer_syntax,
+                                        progress=progress)
+    for problem in report.problems:
+        print(f"nvc: warning: {problem}", file=sys.stderr)
+    for name, reason in sorted(report.failed.items()):
+        print(f"nvc: cannot restore {name}: {reason}", file=sys.stderr)
+    how = f"exported as {args.transfer_syntax}" if args.transfer_syntax else "byte-identical (SHA-256 checked)"
+    _say(args, f"{out}: {len(report.restored)} files restored, {how}" + (f"; {len(report.failed)} failed" if report.failed else ""))
+    return 1 if report.failed else 0
+
+
+def format_dicom_info(d: dict) -> str:
+    """The human table printed by `nvc info` for a DICOM archive."""
+    lines = [
+        f"format         nvc version {d['format_version']} (DICOM archive)",
+        f"files          {d['files']}: {d['instances_coded']} instances coded in {d['volumes']} volumes, "
+        f"{d['files_verbatim']} stored verbatim ({d['dicom_verbatim']} DICOM)",
+        f"size           {_human_bytes(d['file_bytes'])} ({d['file_bytes']} B) of {_human_bytes(d['input_bytes'])} input, "
+        f"ratio {d['compression_ratio']:.3f}",
+        f"  volumes      {d['volume_bytes']} B ({d['voxels']} voxels)",
+        f"  headers      {d['header_bytes']} B",
+        f"  verbatim     {d['verbatim_bytes']} B",
+        f"  index        {d['index_bytes']} B",
+        "series:",
+    ]
+    for s in d["series"]:
+        dims = ", ".join(f"{v['shape'][0]}x{v['shape'][1]}x{v['shape'][2]} {v['dtype']}" for v in s["volumes"]) or "-"
+        desc = f" \"{s['description']}\"" if s["description"] else ""
+        lines.append(f"  {s['modality'] or '-':<4} {s['series_uid'] or '(no SeriesInstanceUID)'}{desc}")
+        lines.append(f"       {s['instances']} instances ({s['coded']} coded, {s['verbatim']} verbatim); volumes: {dims}")
+    if d["verbatim_reasons"]:
+        lines.append("stored verbatim:")
+        for reason, n in sorted(d["verbatim_reasons"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {n:>5}  {reason}")
+    for p in d["problems"]:
+        lines.append(f"problem: {p}")
+    return "\n".join(lines)
 
 
 def _human_bytes(n: int) -> str:
@@ -259,17 +384,30 @@ def cmd_info(args) -> int:
 
     from codec.api import info
 
+    from codec import format as fmt
+    from codec.dicom_archive import is_archive
+
     if args.input == "-":
-        d = info(io.BytesIO(sys.stdin.buffer.read()))
+        source = io.BytesIO(sys.stdin.buffer.read())
     else:
         if Path(args.input).is_dir():
             raise IsADirectoryError(f"{args.input} is a directory")
-        with open(args.input, "rb") as f:
-            d = info(f)
+        source = open(args.input, "rb")
+    with source:
+        if is_archive(source.read(fmt.PREAMBLE.size)):
+            from codec.dicom import archive_info
+
+            source.seek(0)
+            d = archive_info(source)
+            text = format_dicom_info
+        else:
+            source.seek(0)
+            d = info(source)
+            text = format_info
     if args.json:
         print(json.dumps(d, indent=2))
     else:
-        print(format_info(d))
+        print(text(d))
     return 0
 
 
