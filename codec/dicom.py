@@ -587,6 +587,8 @@ def decompress_dicom(src, out_dir, *, overwrite: bool = False, transfer_syntax: 
             if exporter is not None and item.record["storage"] == "coded":
                 try:
                     content = exporter(content)
+                except UnsupportedInputError as exc:  # the syntax cannot hold it: the original is kept
+                    report.problems.append(f"{item.name}: kept in its original transfer syntax ({exc})")
                 except Exception as exc:
                     report.failed[item.name] = f"export to {transfer_syntax} failed: {_describe(exc)}"
                     continue
