@@ -56,7 +56,8 @@ def quantized_cdf(probabilities: np.ndarray) -> np.ndarray:
         raise ValueError("probabilities must be finite and non-negative")
     f = p.dtype.type
     # sequential (left to right) partial sums: numpy's accumulate adds one element at a time
-    partial = np.add.accumulate(p, dtype=p.dtype)
+    with np.errstate(over="ignore"):  # an infinite sum is refused below
+        partial = np.add.accumulate(p, dtype=p.dtype)
     norm = partial[-1]
     if not (np.isfinite(norm) and norm >= np.finfo(p.dtype).tiny):
         raise ValueError("probabilities are not normalizable (their sum is zero, subnormal or infinite)")
