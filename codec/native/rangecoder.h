@@ -48,6 +48,15 @@
  *
  * THREADS: no globals; one encoder/decoder per stream, tables are read-only after init
  * and may be shared between threads.
+ *
+ * TABLES IN THE CODEC: codec.coder_model.table_probabilities(pred.coding_tables) gives the
+ * (1728, 127) uint32 probabilities per table key (key = level * 216 + side * 72 + class); the
+ * shipped tables repeat the same 216 rows for each of the 8 levels, per-volume tables have
+ * all-zero rows for keys they do not hold (no model: coding such a key is an error). Build
+ * one nvc_rc_categorical per distinct row (about 1 KB each).
+ *
+ * TESTS: tests/codec/test_rangecoder.py (through codec/native/rangecoder_module.c) proves
+ * byte identity with constriction; docs/decisions/0110 says why this is hand-written.
  */
 #ifndef NVC_RANGECODER_H
 #define NVC_RANGECODER_H
