@@ -14,9 +14,17 @@ Arrays use NIfTI axis order: the last axis of a 3-D volume is the slice axis
 (4-D: (x, y, z, t)); `slices` in `decode` counts along that axis.
 """
 
+from importlib import metadata as _metadata
+
 from codec.errors import CodecError, FormatError, IntegrityError, UnsupportedInputError
 
+try:  # one home for the version: `version` in pyproject.toml (the `nvc` distribution)
+    __version__ = _metadata.version("nvc")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
+    "__version__",
     "CodecError",
     "FormatError",
     "IntegrityError",

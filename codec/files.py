@@ -292,11 +292,19 @@ def write_volume(dst, array: np.ndarray, *, nifti_header: bytes | None = None, s
     return write_bytes(dst, volume_bytes(array, fmt_name, nifti_header=nifti_header, spacing=spacing))
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it; set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(dst, data: bytes) -> Path:
     """Write via a temporary file in the same folder, then rename: never a half-written output."""
     dst = Path(dst)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent if str(dst.parent) else ".")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; an output gets the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, dst)

@@ -4,4 +4,15 @@ Importing this package is cheap: nothing here imports torch, FastAPI or Celery a
 load, so `pip install "nvc[client]"` is enough to use the SDK.
 """
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+
+def _version() -> str:
+    """The installed distribution's version: one home, `version` in pyproject.toml."""
+    try:
+        return _metadata.version("nvc")
+    except _metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()

@@ -25,7 +25,10 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nvc import __version__
+
     parser = argparse.ArgumentParser(prog="nvc", description="Lossless neural compression for 3-D medical volumes.")
+    parser.add_argument("-V", "--version", action="version", version=f"nvc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:

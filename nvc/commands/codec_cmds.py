@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def register(subparsers) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -160,6 +161,18 @@ def _write_output(name: str, data: bytes) -> None:
         from codec.files import write_bytes
 
         write_bytes(name, data)
+
+
+def summary_line(src: str, dst: str, size_in: int, size_out: int, nvc_info: dict, seconds: float) -> str:
+    """The one line printed on stderr after compress/decompress (zstd-style).
+
+    `ratio` is always raw voxel bytes / .nvc bytes (what `nvc info` reports), whichever way the
+    data went; the file sizes are shown as they are."""
+    name_in = "stdin" if src == "-" else src
+    name_out = "stdout" if dst == "-" else dst
+    return (f"{name_in} -> {name_out}: {_human_bytes(size_in)} -> {_human_bytes(size_out)}, "
+            f"ratio {nvc_info['compression_ratio']:.2f} (raw voxels {_human_bytes(nvc_info['raw_bytes'])} / .nvc), "
+            f"{nvc_info['bits_per_voxel']:.3f} bits/voxel, {seconds:.2f} s")
 
 
 # --------------------------------------------------------------------------- handlers
@@ -222,6 +235,7 @@ def cmd_compress(args) -> int:
         _check_output(Path(out), args.force, args.input)
     elif sys.stdout.isatty():
         raise CLIError("refusing to write compressed data to a terminal (use -o FILE)")
+    start = time.perf_counter()
     data = _read_input(args.input)
     if data[:4] == b"PK\x03\x04" or data[128:132] == b"DICM":  # a zip or a DICOM file on stdin
         from codec import dicom
@@ -231,20 +245,26 @@ def cmd_compress(args) -> int:
             nvc = dicom.compress_files(from_bytes(data, "stdin.dcm"), profile=args.profile, progress=progress)
         _write_output(out, nvc)
         return 0
+    size_in = len(data)
     with progress_bar(args.quiet, "compress") as progress:
         nvc = compress_bytes(data, profile=args.profile, progress=progress)
     del data
     _write_output(out, nvc)
+    if not args.quiet:
+        from codec.api import info
+
+        print(summary_line(args.input, out, size_in, len(nvc), info(nvc), time.perf_counter() - start), file=sys.stderr)
     return 0
 
 
 def cmd_decompress(args) -> int:
     import io
 
-    from codec.api import read
+    from codec.api import info, read
     from codec.files import default_output, output_format, volume_bytes
     from nvc.cli import CLIError
 
+    start = time.perf_counter()
     if args.input == "-":
         source = io.BytesIO(sys.stdin.buffer.read())
     else:
@@ -273,11 +293,16 @@ def cmd_decompress(args) -> int:
         source.seek(0)
         with progress_bar(args.quiet, "decompress") as progress:
             dec = read(source, progress=progress)
+        size_in = source.seek(0, io.SEEK_END)
+        source.seek(0)
+        meta = None if args.quiet else info(source)
     finally:
         source.close()
     data = volume_bytes(dec.array, fmt_name, nifti_header=dec.nifti_header, spacing=dec.spacing)
     del dec
     _write_output(out, data)
+    if meta is not None:
+        print(summary_line(args.input, out, size_in, len(data), meta, time.perf_counter() - start), file=sys.stderr)
     return 0
 
 
