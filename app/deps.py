@@ -20,6 +20,7 @@ class Services:
     storage: Storage
     celery: Any  # celery.Celery (publishing only)
     store_epoch: str | None = None  # the job store's epoch as first seen (app/watchdog.py)
+    slices: Any = None  # app.slices.SliceCache, made on first use by the slice routes
 
 
 def get_services(request: Request) -> Services:

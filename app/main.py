@@ -25,7 +25,7 @@ from app.auth import KeyRing
 from app.deps import Services
 from app.limits import RequestTimeoutMiddleware
 from app.metrics import HttpMetrics, MetricsMiddleware
-from app.routes import health, jobs
+from app.routes import health, jobs, slices
 from service.jobs import AsyncJobStore
 from service.settings import Settings, get_settings
 from service.storage import make_storage, sweep_orphans
@@ -37,7 +37,8 @@ DESCRIPTION = """Lossless compression of 3-D medical volumes as asynchronous job
 
 Submit with `POST /compress` (NIfTI or .npy) or `POST /decompress` (.nvc), as multipart
 field `file` or as the raw body; poll `GET /jobs/{id}` (optionally long-polling with
-`?wait=`), then download `GET /jobs/{id}/result`. Errors are RFC 9457 problem details."""
+`?wait=`), then download `GET /jobs/{id}/result`; look at a slice with `GET /jobs/{id}/slices/{z}`
+(PNG with a window, or .npy) without downloading the volume. Errors are RFC 9457 problem details."""
 
 
 async def _sweeper(services: Services) -> None:
@@ -96,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for task in tasks:
                 task.cancel()
+            if services.slices is not None:
+                services.slices.close()
             await client.aclose()
 
     app = FastAPI(
@@ -108,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = KeyRing.from_settings(settings)
     problems.install(app)
     app.include_router(jobs.router)
+    app.include_router(slices.router)
     app.include_router(health.router)
     if settings.cors_origins:
         app.add_middleware(
@@ -115,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["*"],
-            expose_headers=["Location", "Idempotent-Replayed", "Content-Disposition", "ETag"],
+            expose_headers=["Location", "Idempotent-Replayed", "Content-Disposition", "ETag", *slices.SLICE_HEADERS],
         )
     app.add_middleware(RequestTimeoutMiddleware, timeout=settings.request_timeout_seconds)
     app.add_middleware(MetricsMiddleware, metrics=app.state.http_metrics)
@@ -148,7 +152,8 @@ def _openapi(app: FastAPI) -> dict:
 
 
 #: Routes that need an API key once keys are configured (app/auth.py).
-KEYED_PATHS = ("/compress", "/decompress", "/jobs/{job_id}", "/jobs/{job_id}/result")
+KEYED_PATHS = ("/compress", "/decompress", "/jobs/{job_id}", "/jobs/{job_id}/result", "/jobs/{job_id}/slices",
+               "/jobs/{job_id}/slices/{z}")
 
 
 def _document_access(schema: dict) -> None:

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
 
     # --- API ------------------------------------------------------------------------------
     max_upload_bytes: int = Field(default=4 * 1024**3, gt=0, description="Largest accepted upload (413 above).")
+    slice_cache_bytes: int = Field(
+        default=512 * 1024**2, ge=0,
+        description="Decoded slabs the API keeps for the slice routes (bytes of voxels; least recently used dropped).",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS (empty: CORS off)."
     )
