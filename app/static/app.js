@@ -60,6 +60,13 @@
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+  // Dates as ISO 8601 in UTC (2026-12-01T19:58:12Z): unambiguous in every locale.
+  function isoTime(value) {
+    if (!value) return "";
+    const date = new Date(value);
+    return Number.isNaN(date.getTime()) ? "" : date.toISOString().replace(/\.\d{3}Z$/, "Z");
+  }
+
   class ApiError extends Error {
     constructor(message, status, retryAfter) {
       super(message);
@@ -277,6 +284,10 @@
     el.download.textContent = `Download ${job.output_name || "the result"}`;
     el.download.dataset.jobId = job.id;
     el.result.hidden = false;
+    if (window.NVCViewer) {
+      if (job.kind === "compress") window.NVCViewer.show(job, authHeaders);
+      else window.NVCViewer.hide();
+    }
     el.download.focus();
   }
 
@@ -309,6 +320,7 @@
     el.start.disabled = true;
     clearError();
     el.result.hidden = true;
+    if (window.NVCViewer) window.NVCViewer.hide();
     el.progress.hidden = false;
     el.upload.value = 0;
     el.job.value = 0;
@@ -392,7 +404,7 @@
         ? (job.kind === "decompress" ? job.output_size / job.input_size : job.input_size / job.output_size) : null;
       cell(row, ratio ? `${ratio.toFixed(2)}×` : "");
       cell(row, job.bits_per_voxel != null ? job.bits_per_voxel.toFixed(3) : "");
-      cell(row, job.created_at ? new Date(job.created_at).toLocaleString() : "");
+      cell(row, isoTime(job.created_at));
       const last = cell(row, "");
       if (job.state === "succeeded") {
         const a = document.createElement("a");

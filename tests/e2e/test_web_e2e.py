@@ -4,6 +4,12 @@ A real volume (the smallest of ../shared/data) is chosen in the page, uploaded, 
 success and downloaded through the page's link; the downloaded .nvc must match the job's
 SHA-256 and decode, locally, to exactly the voxels of the source. A screenshot of the
 finished page is kept as a test artefact: test-artifacts/web-e2e.png (path printed).
+
+The slice viewer: a real CT is compressed in the page, the slider is moved with the keyboard
+and the mouse wheel, and the image the page shows (its PNG bytes and the pixels the browser
+decoded from them) must equal the source volume's slice rendered with the same window by the
+documented rendering (codec/render.py), pixel for pixel. Screenshot:
+test-artifacts/web-viewer-e2e.png.
 """
 
 from __future__ import annotations
@@ -79,7 +85,7 @@ def test_compress_a_real_volume_in_the_browser_and_download_it(page, live, tmp_p
     result = page.locator("#result")
     result.wait_for(state="visible", timeout=300_000)
     assert page.locator("#error").is_hidden()
-    assert page.get_by_role("status").inner_text() == "Done."
+    assert page.locator("#status").inner_text() == "Done."  # the job status (the viewer has its own)
     assert float(page.locator("#upload-progress").evaluate("e => e.value")) == 1.0
     ratio = page.locator("#result-ratio").inner_text()
     bpv = float(page.locator("#result-bpv").inner_text())
@@ -136,3 +142,103 @@ def test_the_page_refuses_an_unknown_file_type_before_uploading(page, tmp_path):
     page.get_by_label("Choose a file").set_input_files(str(other))
     assert "is not a .nii, .nii.gz, .npy or .nvc file" in page.get_by_role("alert").inner_text()
     assert page.get_by_role("button", name="Start").is_disabled()
+
+
+def _shown_slice(page) -> tuple[bytes, list[int], int, int]:
+    """The PNG bytes behind the viewer's <img>, and the red channel of the pixels the browser shows."""
+    data = page.evaluate("""async () => {
+        const img = document.getElementById("slice-image");
+        const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+        const canvas = document.createElement("canvas");
+        canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+        const ctx = canvas.getContext("2d");
+        ctx.drawImage(img, 0, 0);
+        const rgba = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+        const red = new Array(rgba.length / 4);
+        for (let i = 0; i < red.length; i++) red[i] = rgba[4 * i];
+        return {png: Array.from(bytes), red, w: canvas.width, h: canvas.height};
+    }""")
+    return bytes(data["png"]), data["red"], data["w"], data["h"]
+
+
+def _wait_for_slice(page, z: int, window: str) -> None:
+    page.wait_for_function(
+        "([z, w]) => { const i = document.getElementById('slice-image');"
+        " return i.dataset.z === String(z) && i.dataset.window === w && i.complete && i.naturalWidth > 0; }",
+        arg=[z, window], timeout=180_000,
+    )
+
+
+def test_the_slice_viewer_shows_the_source_slice_with_the_chosen_window(page, live):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    import codec
+    from codec import render
+
+    if not nvc_live.CT.is_file():
+        pytest.skip(f"{nvc_live.CT} is not here (the shared data set)")
+    source = codec.read_volume(nvc_live.CT)
+    depth = source.array.shape[2]
+    page.get_by_label("Choose a file").set_input_files(str(nvc_live.CT))
+    page.get_by_role("button", name="Start").click()
+    page.locator("#viewer").wait_for(state="visible", timeout=300_000)
+    assert page.locator("#error").is_hidden()
+
+    # the statement of the check, the checksums on demand, the sizes as bars
+    verified = page.locator("#verified").inner_text()
+    assert verified.startswith("Verified lossless") and "matched" in verified
+    job_id = page.locator("#download").get_attribute("data-job-id")
+    with urllib.request.urlopen(f"{live.url}/jobs/{job_id}") as response:
+        job = json.load(response)
+    assert job["finished_at"][:19] in verified.replace("Z", "")  # ISO date
+    hashes = page.locator("#hashes")
+    assert hashes.is_hidden()
+    page.get_by_text("Show the SHA-256 checksums").click()
+    assert job["voxel_sha256"] in hashes.inner_text() and job["output_sha256"] in hashes.inner_text()
+    sizes = page.locator("#sizes li")
+    assert sizes.count() == 3
+    assert [sizes.nth(i).locator(".size-name").inner_text() for i in range(3)] == ["Upload", ".nvc", "Raw voxels"]
+    assert "worker" not in page.locator("#status").inner_text().lower()
+
+    # the middle slice comes first, with the automatic window
+    _wait_for_slice(page, depth // 2, "auto")
+    # choose a CT window, then move the slider with the keyboard: End, then three steps back
+    page.get_by_label("Window").select_option("soft_tissue")
+    slider = page.get_by_label("Slice", exact=True)
+    slider.focus()
+    page.keyboard.press("End")
+    for _ in range(3):
+        page.keyboard.press("ArrowLeft")
+    z = depth - 4
+    _wait_for_slice(page, z, "soft_tissue")
+    caption = page.locator("#slice-caption").inner_text()
+    assert f"Slice {z + 1} of {depth}" in caption
+    assert f"{z * source.spacing[2]:.1f} mm from the first slice" in caption and "soft tissue" in caption
+
+    window, rescale = render.choose_window(source.array[:, :, z], render.rescale_of(source.nifti_header), "soft_tissue")
+    expect = render.render(source.array[:, :, z], window, rescale)
+    png, red, w, h = _shown_slice(page)
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and np.array_equal(np.asarray(image), expect)
+    assert (h, w) == expect.shape
+    assert np.array_equal(np.asarray(red, dtype=np.uint8).reshape(h, w), expect)  # what the browser displays
+    assert 0.05 < float((expect > 0).mean()) < 0.95  # a real slice: body and air, not a blank image
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "web-viewer-e2e.png"
+    page.locator("#result").screenshot(path=str(shot))
+    print(f"\nscreenshot of the slice viewer: {shot}")
+    assert shot.stat().st_size > 20_000
+
+    # the mouse wheel over the image moves one slice
+    page.locator("#slice-image").hover()
+    page.mouse.wheel(0, -120)
+    _wait_for_slice(page, z - 1, "soft_tissue")
+    window, rescale = render.choose_window(source.array[:, :, z - 1], render.rescale_of(source.nifti_header),
+                                           "soft_tissue")
+    png, _, _, _ = _shown_slice(page)
+    with Image.open(io.BytesIO(png)) as image:
+        assert np.array_equal(np.asarray(image), render.render(source.array[:, :, z - 1], window, rescale))

@@ -5,6 +5,7 @@ the API (preflight with the headers the page and the SDK send)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -87,7 +88,8 @@ def test_the_script_parses():
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed (only used to syntax-check app.js)")
-    subprocess.run([node, "--check", str(STATIC / "app.js")], check=True, capture_output=True)
+    for script in ("app.js", "viewer.js"):
+        subprocess.run([node, "--check", str(STATIC / script)], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_the_api_serves_the_page_and_its_assets(client, page):
     response = client.get("/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     assert response.text == (STATIC / "index.html").read_text()
-    assert set(page.assets) == {"/static/app.js", "/static/style.css"}
+    assert set(page.assets) == {"/static/app.js", "/static/viewer.js", "/static/style.css"}
     for asset in page.assets:
         served = client.get(asset)
         assert served.status_code == 200, asset
@@ -123,6 +125,15 @@ def test_the_page_calls_only_routes_the_api_has(client):
         assert used in script
     params = {p["name"] for p in paths["/jobs/{job_id}"]["get"].get("parameters", [])}
     assert "wait" in params
+    viewer = (STATIC / "viewer.js").read_text()
+    assert "/jobs/{job_id}/slices/{z}" in paths and "/slices/${want.z}?${params}" in viewer
+    slice_params = {p["name"] for p in paths["/jobs/{job_id}/slices/{z}"]["get"]["parameters"]}
+    assert "window" in slice_params
+    page_windows = set(re.findall(r'<option value="(\w+)"', (STATIC / "index.html").read_text().split('id="window"')[1]
+                                  .split("</select>")[0]))
+    schema = next(p for p in paths["/jobs/{job_id}/slices/{z}"]["get"]["parameters"] if p["name"] == "window")["schema"]
+    offered = set(next(s for s in schema["anyOf"] if "enum" in s)["enum"]) if "anyOf" in schema else set(schema["enum"])
+    assert page_windows == offered  # every preset the page offers is one the API takes, and all of them
     compress = {p["name"] for p in paths["/compress"]["post"].get("parameters", [])}
     decompress = {p["name"] for p in paths["/decompress"]["post"].get("parameters", [])}
     assert "profile" in compress and "format" in decompress

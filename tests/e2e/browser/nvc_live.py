@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 DATA = REPO.parent / "shared" / "data"
 PHANTOM = DATA / "mr_phantom_t1_3d_lowres.nii.gz"
+#: The smallest real human CT of the shared data (512x512x20, 2 mm slices): the slice viewer's test.
+CT = DATA / "ct_abdomen_petct_2mm.nii.gz"
 
 _server: "LiveServer | None" = None
 
