@@ -25,7 +25,7 @@ from app.auth import KeyRing
 from app.deps import Services
 from app.limits import RequestTimeoutMiddleware
 from app.metrics import HttpMetrics, MetricsMiddleware
-from app.routes import health, jobs, slices
+from app.routes import health, jobs, slices, uploads
 from service.jobs import AsyncJobStore
 from service.settings import Settings, get_settings
 from service.storage import make_storage, sweep_orphans
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(jobs.router)
     app.include_router(slices.router)
+    app.include_router(uploads.router)
     app.include_router(health.router)
     if settings.cors_origins:
         app.add_middleware(
@@ -153,7 +154,7 @@ def _openapi(app: FastAPI) -> dict:
 
 #: Routes that need an API key once keys are configured (app/auth.py).
 KEYED_PATHS = ("/compress", "/decompress", "/jobs/{job_id}", "/jobs/{job_id}/result", "/jobs/{job_id}/slices",
-               "/jobs/{job_id}/slices/{z}")
+               "/jobs/{job_id}/slices/{z}", "/uploads", "/uploads/{upload_id}")
 
 
 def _document_access(schema: dict) -> None:

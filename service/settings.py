@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     s3_part_bytes: int = Field(
         default=8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart upload part size (memory per upload)."
     )
+    direct_upload_seconds: int = Field(
+        default=24 * 3600, gt=0,
+        description="How long a direct-to-storage upload (POST /uploads, S3 only) may stay unfinished; its part "
+        "URLs are valid this long and GET /uploads/{id} hands out fresh ones.",
+    )
 
     # --- API ------------------------------------------------------------------------------
     max_upload_bytes: int = Field(default=4 * 1024**3, gt=0, description="Largest accepted upload (413 above).")

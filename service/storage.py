@@ -275,6 +275,11 @@ class S3Storage:
             config=config,
         )
         self.client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, **common)
+        self._complete_client = None
+        self._make_client = lambda read_timeout: boto3.client(  # noqa: E731
+            "s3", endpoint_url=settings.s3_endpoint_url,
+            **{**common, "config": config.merge(Config(read_timeout=read_timeout))},
+        )
         public = settings.s3_public_endpoint_url or settings.s3_endpoint_url
         self._presign_client = (
             self.client if public == settings.s3_endpoint_url else boto3.client("s3", endpoint_url=public, **common)
@@ -394,6 +399,58 @@ class S3Storage:
             },
             ExpiresIn=self.presign_seconds,
         )
+
+    # -- direct-to-storage uploads (service/direct_upload.py): the client PUTs the parts itself
+
+    def create_multipart(self, key: str) -> str:
+        """Start a multipart upload of `key`; its S3 upload id."""
+        self._ensure_bucket()
+        return self.client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))["UploadId"]
+
+    def presign_part(self, key: str, upload_id: str, number: int, seconds: int) -> str:
+        """A URL the client PUTs part `number` (1-based) of the upload to, valid `seconds`."""
+        return self._presign_client.generate_presigned_url(
+            "upload_part", Params={"Bucket": self.bucket, "Key": self._key(key), "UploadId": upload_id,
+                                   "PartNumber": number}, ExpiresIn=seconds,
+        )
+
+    def list_parts(self, key: str, upload_id: str) -> list[dict]:
+        """The parts stored so far: [{"PartNumber", "Size", "ETag"}] in part order."""
+        parts: list[dict] = []
+        paginator = self.client.get_paginator("list_parts")
+        for page in paginator.paginate(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id):
+            parts += [{"PartNumber": p["PartNumber"], "Size": p["Size"], "ETag": p["ETag"]}
+                      for p in page.get("Parts", [])]
+        return sorted(parts, key=lambda p: p["PartNumber"])
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[dict]) -> None:
+        """Assemble the parts. S3 may take minutes on a multi-GB object (it keeps the connection
+        alive meanwhile), longer than the usual read timeout: this call gets a client of its own."""
+        if self._complete_client is None:
+            self._complete_client = self._make_client(read_timeout=900)
+        self._complete_client.complete_multipart_upload(
+            Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]},
+        )
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Bytes [start, start + length) of an object (fewer at its end)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                          Range=f"bytes={start}-{start + length - 1}")["Body"]
+        except ClientError as exc:
+            if self._not_found(exc):
+                raise ObjectNotFound(key) from None
+            raise
+        try:
+            return body.read()
+        finally:
+            body.close()
 
     def list_job_prefixes(self) -> Iterator[tuple[str, float]]:
         base = self._key("jobs") + "/"

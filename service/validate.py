@@ -289,6 +289,14 @@ class VolumeUploadValidator:
         else:
             self._stream.feed(data)
 
+    def header_info(self) -> tuple[VolumeInfo, int | None] | None:
+        """What the header fed so far declares, once it is complete: (info, file size it implies;
+        None for .nii.gz, whose stored size the header does not give). For checking the head of
+        an object already stored (direct uploads) without reading all of it."""
+        if self._stream is None or self._stream.info is None:
+            return None
+        return self._stream.info, (None if self._stream.gz else self._stream.expected)
+
     def finish(self) -> VolumeInfo:
         if self._stream is None:  # fewer than 2 bytes in all
             self._stream = _VolumeStream(False, self.max_volume_bytes)
@@ -452,6 +460,14 @@ class NvcUploadValidator:
             self.seen.add(tag)
         except fmt.FormatError as exc:
             raise self._bad(str(exc)) from None
+
+    def header_info(self) -> tuple[VolumeInfo, int | None] | None:
+        """What the header chunk fed so far declares (see VolumeUploadValidator.header_info); the
+        file size is known only once the index has been read, so None here."""
+        h = self.header
+        if h is None:
+            return None
+        return VolumeInfo("nvc", tuple(int(n) for n in h.shape), h.dtype.name, h.voxels * h.dtype.itemsize), None
 
     def finish(self) -> VolumeInfo:
         if self.pos == 0:

@@ -18,6 +18,7 @@ from app.auth import current_owner
 from app.deps import Services, get_services
 from app.limits import ActiveJobs
 from app.problems import PROBLEM_MEDIA_TYPE, Problem
+from app.routes.uploads import submit_uploaded
 from app.schemas import Job, OutputFormat, ProblemDetails, job_from_record
 from app.uploads import receive_upload, sniff_volume, stem_of
 from app.watchdog import remember_epoch, store_was_reset
@@ -31,6 +32,11 @@ router = APIRouter(tags=["jobs"])
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_WAIT_SECONDS = 60.0
 
+UploadIdQuery = Annotated[
+    str | None,
+    Query(description="Submit a finished direct upload (POST /uploads) instead of sending the file in the body.",
+          pattern="^[0-9a-f]{32}$"),
+]
 Owner = Annotated[str, Depends(current_owner)]
 Svc = Annotated[Services, Depends(get_services)]
 IdempotencyKey = Annotated[
@@ -72,7 +78,7 @@ SUBMIT_HEADERS = {
 #: Problems any job route can answer: rate or job limit (429), Redis or storage down (503),
 #: no answer within NVC_REQUEST_TIMEOUT_SECONDS (504).
 COMMON_PROBLEMS = (429, 503, 504)
-SUBMIT_PROBLEMS = (400, 401, 408, 409, 413, 415, 422, *COMMON_PROBLEMS)
+SUBMIT_PROBLEMS = (400, 401, 404, 408, 409, 413, 415, 422, *COMMON_PROBLEMS)
 
 
 def _job_response(response: Response, request: Request, record: dict[str, Any]) -> Job:
@@ -183,11 +189,15 @@ async def compress(
     filename: Annotated[
         str | None, Query(description="Name of the uploaded file, for a raw-body upload.", max_length=255)
     ] = None,
+    upload_id: UploadIdQuery = None,
 ) -> Job:
-    """Upload a volume as multipart field `file` or as the raw body; answers 202 with the job."""
-    return await _submit(
-        request, response, services, owner, "compress", idempotency_key, {"profile": profile, "filename": filename}
-    )
+    """Upload a volume as multipart field `file` or as the raw body (or, with `upload_id`, submit a
+    finished direct upload, POST /uploads); answers 202 with the job."""
+    params = {"profile": profile, "filename": filename}
+    if upload_id is not None:
+        return await submit_uploaded(request, response, services, owner, "compress", upload_id, idempotency_key,
+                                     params)
+    return await _submit(request, response, services, owner, "compress", idempotency_key, params)
 
 
 @router.post(
@@ -210,11 +220,15 @@ async def decompress(
     filename: Annotated[
         str | None, Query(description="Name of the uploaded file, for a raw-body upload.", max_length=255)
     ] = None,
+    upload_id: UploadIdQuery = None,
 ) -> Job:
-    """Upload an .nvc file as multipart field `file` or as the raw body; answers 202 with the job."""
-    return await _submit(
-        request, response, services, owner, "decompress", idempotency_key, {"format": format, "filename": filename}
-    )
+    """Upload an .nvc file as multipart field `file` or as the raw body (or, with `upload_id`, submit a
+    finished direct upload, POST /uploads); answers 202 with the job."""
+    params = {"format": format, "filename": filename}
+    if upload_id is not None:
+        return await submit_uploaded(request, response, services, owner, "decompress", upload_id, idempotency_key,
+                                     params)
+    return await _submit(request, response, services, owner, "decompress", idempotency_key, params)
 
 
 @router.get(
