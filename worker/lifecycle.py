@@ -157,7 +157,8 @@ def _succeed(rt: Runtime, record: dict[str, Any], kind: str, attempt: Attempt, r
         if result["output_key"] != (store.get(job_id) or {}).get("output_key"):
             cleanup(rt, job_id, result["output_key"])
         return "superseded"
-    cleanup(rt, job_id, f"{job_prefix(job_id)}input")  # the upload is not needed any more
+    if kind != "decompress":  # a decompress job's upload is its .nvc: the slice routes show it
+        cleanup(rt, job_id, f"{job_prefix(job_id)}input")  # the upload is not needed any more
     store.count_bytes("out", kind, result["output_size"])
     store.observe("job_duration", f"{kind},codec", result["codec_seconds"])
     if result.get("verify_seconds") is not None:

@@ -8,6 +8,7 @@ decodes locally only when the ``codec`` extra happens to be installed.
     with Client("http://127.0.0.1:8000") as nvc:
         job = nvc.wait(nvc.compress("scan.nii.gz"), timeout=600)
         nvc.download(job, "scan.nvc")
+        nvc.slice(job, 40, window="soft_tissue").save("slice40.png")   # one slab decoded
 
 ``AsyncClient`` offers the same methods as coroutines (``compress_many`` is an async iterator).
 """
@@ -27,7 +28,7 @@ from nvc.sdk.errors import (
     VerificationError,
     WaitTimeoutError,
 )
-from nvc.sdk.models import BatchResult, Job, JobState, Problem, ProgressEvent
+from nvc.sdk.models import BatchResult, Job, JobState, Problem, ProgressEvent, SliceImage
 from nvc.sdk.retry import NO_RETRY, RetryPolicy
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "RateLimitError",
     "RetryPolicy",
     "ServiceUnavailableError",
+    "SliceImage",
     "VerificationError",
     "WaitTimeoutError",
 ]

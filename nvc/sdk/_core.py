@@ -34,7 +34,7 @@ from nvc.sdk import _base
 from nvc.sdk._base import Source
 from nvc.sdk.batch import OutputFor, describe_failure, discard, plan_compress, plan_decompress
 from nvc.sdk.errors import BatchStoppedError, JobCancelledError, JobFailedError, NVCConnectionError, WaitTimeoutError
-from nvc.sdk.models import BatchResult, Job, JobState, ProgressEvent
+from nvc.sdk.models import BatchResult, Job, JobState, ProgressEvent, SliceImage
 from nvc.sdk.retry import RETRYABLE_EXCEPTIONS, RetryPolicy, parse_retry_after
 from nvc.sdk.verify import verify_compressed, verify_decompressed
 
@@ -209,6 +209,7 @@ async def run_async(plan: Plan[T]) -> T:
 #: Public operations: ``ClientCore.plan_<name>`` becomes ``<name>`` on both shells.
 OPERATIONS = (
     "health", "ready", "compress", "decompress", "get_job", "cancel", "wait", "download", "result_bytes",
+    "slice", "slice_range",
 )
 
 
@@ -238,6 +239,24 @@ def _bind(plan_fn: Callable[..., Plan[Any]], name: str, runner: Callable[[Plan[A
     functools.update_wrapper(method, plan_fn)
     method.__name__ = method.__qualname__ = name
     return method
+
+
+def _header_float(response: httpx.Response, name: str) -> float | None:
+    try:
+        return float(response.headers[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _slice_image(job_id: str, response: httpx.Response, **where: int) -> SliceImage:
+    count = _header_float(response, "x-slice-count")
+    return SliceImage(
+        job_id=job_id, **where, slice_count=int(count) if count is not None else None,
+        position_mm=_header_float(response, "x-slice-position-mm"),
+        window_center=_header_float(response, "x-window-center"), window_width=_header_float(response, "x-window-width"),
+        media_type=response.headers.get("content-type", "application/octet-stream").split(";")[0].strip(),
+        content=response.content,
+    )
 
 
 def env_api_key(api_key: str | None) -> str | None:
@@ -546,6 +565,42 @@ class ClientCore:
             return (yield Read(response))
         finally:
             yield Close(response)
+
+    # -- slices -----------------------------------------------------------------------------
+
+    def plan_slice(
+        self,
+        job: Job | str,
+        z: int,
+        *,
+        window: str | None = None,
+        center: float | None = None,
+        width: float | None = None,
+        format: str = "png",
+        volume: int = 0,
+    ) -> Plan[SliceImage]:
+        """``GET /jobs/{id}/slices/{z}``: one slice of a succeeded job's volume, decoding only its
+        slab on the server. ``format="png"`` renders it with ``window`` (``auto``, ``lung``,
+        ``soft_tissue``, ``bone``, ``brain``) or ``center``/``width``; ``format="npy"`` gives the
+        stored values (``.array()`` loads them with numpy). Negative ``z`` counts from the end."""
+        params: dict[str, str] = {"format": format}
+        for name, value in (("window", window), ("center", center), ("width", width)):
+            if value is not None:
+                params[name] = str(value)
+        if volume:
+            params["volume"] = str(volume)
+        response = yield from self.plan_send("GET", f"/jobs/{_base.job_id(job)}/slices/{int(z)}", params=params)
+        _base.raise_for_response(response)
+        return _slice_image(_base.job_id(job), response, z=int(response.headers.get("x-slice-index", z)))
+
+    def plan_slice_range(self, job: Job | str, start: int, stop: int, *, volume: int = 0) -> Plan[SliceImage]:
+        """``GET /jobs/{id}/slices?start=&stop=``: slices [start, stop) as ``.npy`` (x, y, n)."""
+        params = {"start": str(int(start)), "stop": str(int(stop))}
+        if volume:
+            params["volume"] = str(volume)
+        response = yield from self.plan_send("GET", f"/jobs/{_base.job_id(job)}/slices", params=params)
+        _base.raise_for_response(response)
+        return _slice_image(_base.job_id(job), response, start=int(start), stop=int(stop))
 
     # -- batches ----------------------------------------------------------------------------
 

@@ -146,3 +146,43 @@ class BatchResult(BaseModel):
 
     def summary_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class SliceImage(BaseModel):
+    """A slice (or a slice range) of a job's volume as the slice routes answer it.
+
+    ``content`` is an 8-bit greyscale PNG (rows = y, columns = x; ``format="png"``) or a
+    ``.npy`` file of the stored values (x, y[, n]; exact dtype). The window fields say which
+    window rendered the PNG (for ``auto``, the one computed from the slice).
+    """
+
+    job_id: str
+    z: int | None = Field(None, description="The slice (None for a range).")
+    start: int | None = None
+    stop: int | None = None
+    slice_count: int | None = Field(None, description="Slices in the volume.")
+    position_mm: float | None = Field(None, description="Distance of the slice from slice 0 along the slice axis.")
+    window_center: float | None = None
+    window_width: float | None = None
+    media_type: str
+    content: bytes
+
+    @property
+    def is_png(self) -> bool:
+        return self.media_type == "image/png"
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``content`` to ``path`` (a .png or .npy file)."""
+        target = Path(path)
+        target.write_bytes(self.content)
+        return target
+
+    def array(self) -> Any:
+        """The stored values as a numpy array (``.npy`` answers only; needs numpy)."""
+        if self.is_png:
+            raise ValueError("this is a rendered PNG; ask for format='npy' to get the stored values")
+        import io
+
+        import numpy as np
+
+        return np.load(io.BytesIO(self.content), allow_pickle=False)

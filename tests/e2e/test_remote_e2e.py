@@ -144,6 +144,8 @@ def test_a_damaged_input_fails_with_the_servers_reason(live, archive, tmp_path, 
 
 
 def test_sdk_sync_and_async_against_the_live_server(live, archive):
+    import io
+
     import numpy as np
 
     import codec
@@ -160,6 +162,20 @@ def test_sdk_sync_and_async_against_the_live_server(live, archive):
         assert done.shape == [24, 24, 6] and done.dtype == "uint16"
         nvc_bytes = client.result_bytes(done)
         assert np.array_equal(codec.decode(nvc_bytes), volumes["mr/raw.npy"])
+        # a slice without the volume: raw values, and the PNG the documented rendering gives
+        from codec import render
+
+        raw = client.slice(done, 4, format="npy")
+        assert raw.slice_count == 6 and np.array_equal(raw.array(), volumes["mr/raw.npy"][:, :, 4])
+        png = client.slice(done, -1, window="auto")
+        assert png.is_png and png.z == 5
+        source = volumes["mr/raw.npy"][:, :, 5]
+        expect = render.render(source, render.auto_window(source.astype(np.float64)))
+        from PIL import Image
+
+        with Image.open(io.BytesIO(png.content)) as image:
+            assert np.array_equal(np.asarray(image), expect)
+        assert np.array_equal(client.slice_range(done, 1, 4).array(), volumes["mr/raw.npy"][:, :, 1:4])
         with pytest.raises(APIError) as info:
             client.get_job("f" * 32)
         assert info.value.status == 404 and info.value.detail
@@ -168,10 +184,10 @@ def test_sdk_sync_and_async_against_the_live_server(live, archive):
         async with AsyncClient(live.url, poll_interval=0.2) as client:
             job = await client.decompress(nvc_bytes, format="npy")
             done = await client.wait(job, timeout=120)
+            middle = await client.slice(done, 3, format="npy")  # a decompress job: its uploaded .nvc
+            assert np.array_equal(middle.array(), volumes["mr/raw.npy"][:, :, 3])
             return done, await client.result_bytes(done)
 
     done, npy = asyncio.run(round_trip())
-    import io
-
     assert done.output_format == "npy" and done.output_name.endswith(".npy")
     assert np.array_equal(np.load(io.BytesIO(npy)), volumes["mr/raw.npy"])

@@ -74,6 +74,8 @@ def test_compress_then_decompress_round_trip(rt, small_volume, tmp_path):
         restored = codec.read_volume(out).array
         assert restored.dtype == small_volume.dtype and np.array_equal(restored, small_volume)
         record = rt.store.get(back)
+        # a decompress job keeps its upload, the .nvc the slice routes show, beside the result
+        assert sorted(p.name for p in (rt.storage.root / "jobs" / back).iterdir()) == ["input", f"output.{fmt}"]
         # the codec checks the voxel SHA-256 while decoding; the worker then reads the written file
         # back and checks the stored object, and that time is the job's verify_seconds
         assert record["verify_seconds"] > 0
