@@ -437,27 +437,25 @@ def cmd_info(args) -> int:
 
 
 def cmd_slice(args) -> int:
-    import io
-
     from codec import render
     from codec.api import info, read
     from nvc.cli import CLIError
 
     if Path(args.input).is_dir():
         raise IsADirectoryError(f"{args.input} is a directory")
-    with open(args.input, "rb") as f:
-        data = f.read()
-    d = info(io.BytesIO(data))
-    try:
-        z, t = render.slice_index(d["shape"], args.z, args.volume)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-    out = args.output
-    if out is None:
-        stem = args.input[: -len(".nvc")] if args.input.endswith(".nvc") else args.input
-        out = f"{stem}_z{z}.{'npy' if args.npy else 'png'}"
-    _check_output(Path(out), args.force, args.input)
-    dec = read(io.BytesIO(data), slices=(z, z + 1))
+    with open(args.input, "rb") as f:  # read in place: only the header, index and one slab
+        d = info(f)
+        try:
+            z, t = render.slice_index(d["shape"], args.z, args.volume)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        out = args.output
+        if out is None:
+            stem = args.input[: -len(".nvc")] if args.input.endswith(".nvc") else args.input
+            out = f"{stem}_z{z}.{'npy' if args.npy else 'png'}"
+        _check_output(Path(out), args.force, args.input)
+        f.seek(0)
+        dec = read(f, slices=(z, z + 1))
     slice_xy = render.first_slice(dec.array, t)
     if args.npy:
         payload = render.npy_bytes(slice_xy)
