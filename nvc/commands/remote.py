@@ -96,6 +96,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             metavar="N",
             help="retries of a request after connection errors, 429 and 503 (default 5)",
         )
+        parser.add_argument(
+            "--direct-upload-mib",
+            type=float,
+            default=64.0,
+            metavar="MIB",
+            help="files of at least this many MiB go straight to the server's S3 store in presigned parts, when it "
+            "has one (default 64; 0: every file; a server with local storage always gets the file streamed)",
+        )
         parser.add_argument("--no-progress", action="store_true", help="no progress bars (one line per finished file)")
         parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
         if action == "compress":
@@ -440,7 +448,8 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(todo, err, bars)
     by_source = {str(i.source): i for i in todo}
     results = []
-    client = Client(args.server, api_key=args.api_key, retry=RetryPolicy(max_attempts=args.retries + 1))
+    client = Client(args.server, api_key=args.api_key, retry=RetryPolicy(max_attempts=args.retries + 1),
+                    direct_upload_bytes=int(args.direct_upload_mib * 1024 * 1024))
     try:
         outputs = {i.source: i.output for i in todo}
         kwargs = dict(

@@ -18,6 +18,7 @@ from nvc.sdk.client import Client
 from nvc.sdk.errors import (
     APIError,
     AuthenticationError,
+    DirectUploadError,
     JobCancelledError,
     JobFailedError,
     NotFoundError,
@@ -37,6 +38,7 @@ __all__ = [
     "AuthenticationError",
     "BatchResult",
     "Client",
+    "DirectUploadError",
     "Job",
     "JobCancelledError",
     "JobFailedError",

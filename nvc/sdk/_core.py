@@ -276,6 +276,8 @@ class ClientCore:
     :param poll_interval: seconds between ``GET /jobs/{id}`` while waiting.
     :param on_retry: called as ``on_retry(attempt, reason, delay)`` before each retry (logging).
     :param transport: an httpx transport (sync or async, as the shell; tests inject faults with it).
+    :param direct_upload_bytes: files at least this large go straight to the server's S3 store in
+        presigned parts (``nvc.sdk.direct_upload``) when it has one; None: always stream.
     """
 
     #: ``httpx.Client`` or ``httpx.AsyncClient`` (set by the shell).
@@ -293,12 +295,14 @@ class ClientCore:
         on_retry: RetryHook | None = None,
         transport: Any = None,
         verify_tls: bool = True,
+        direct_upload_bytes: int | None = 64 * 1024 * 1024,
     ):
         self.base_url = (base_url or os.environ.get("NVC_SERVER") or _base.DEFAULT_URL).rstrip("/")
         self.api_key = env_api_key(api_key)
         self.retry = retry or RetryPolicy()
         self.poll_interval = poll_interval
         self.on_retry = on_retry
+        self.direct_upload_bytes = direct_upload_bytes
         self._timeout = (
             timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(timeout, 10.0))
         )
@@ -350,6 +354,8 @@ class ClientCore:
         on_upload: Callable[[int, int], None] | None = None,
         stream: bool = False,
         bare: bool = False,
+        content: bytes | None = None,
+        json_body: Any = None,
     ) -> Plan[httpx.Response]:
         """One request with retries (connection errors, 429, 502-504, 409 with Retry-After);
         an upload is streamed afresh on each attempt."""
@@ -357,12 +363,12 @@ class ClientCore:
         attempt = 0
         while True:
             attempt += 1
-            content, extra = None, {}
+            extra: dict[str, str] = {}
             if upload is not None:
                 body = _base.MultipartBody(upload)
                 content, extra = self._content(body, on_upload), body.headers
             request = http.build_request(method, url, params=params, headers={**(headers or {}), **extra},
-                                         content=content)
+                                         content=content, json=json_body)
             try:
                 response = yield Send(http, request, stream)
             except RETRYABLE_EXCEPTIONS as exc:
@@ -405,11 +411,22 @@ class ClientCore:
     # -- jobs -------------------------------------------------------------------------------
 
     def plan_submit(self, endpoint: str, source: Source, params: dict[str, str], *, filename: str | None,
-                    idempotency_key: str | None, on_upload: Callable[[int, int], None] | None) -> Plan[Job]:
+                    idempotency_key: str | None, on_upload: Callable[[int, int], None] | None,
+                    resume_upload: str | None = None) -> Plan[Job]:
         """Upload ``source``; one ``Idempotency-Key`` for all attempts, so a retry never makes a
-        second job."""
+        second job. Large files (``direct_upload_bytes``) go straight to S3 storage when the server
+        has it; ``resume_upload``: the id of such an upload that stopped (``DirectUploadError``)."""
+        from nvc.sdk.direct_upload import plan_submit_direct
+
         upload = yield Blocking(_base.UploadSource, source, filename)
         key = idempotency_key or _base.new_idempotency_key()
+        if resume_upload is not None or (self.direct_upload_bytes is not None
+                                         and upload.size >= self.direct_upload_bytes):
+            job = yield from plan_submit_direct(self, endpoint, upload, params, key, resume_upload)
+            if job is not None:
+                if on_upload is not None:
+                    on_upload(upload.size, upload.size)
+                return job
         response = yield from self.plan_send(
             "POST", endpoint, params=params, headers={"Idempotency-Key": key}, upload=upload, on_upload=on_upload
         )
@@ -423,10 +440,12 @@ class ClientCore:
         filename: str | None = None,
         idempotency_key: str | None = None,
         on_upload: Callable[[int, int], None] | None = None,
+        resume_upload: str | None = None,
     ) -> Plan[Job]:
         """Upload a NIfTI (.nii/.nii.gz) or .npy volume (a path, or bytes with ``filename``); returns the queued job."""
         return (yield from self.plan_submit("/compress", source, _base.compress_params(profile), filename=filename,
-                                            idempotency_key=idempotency_key, on_upload=on_upload))
+                                            idempotency_key=idempotency_key, on_upload=on_upload,
+                                            resume_upload=resume_upload))
 
     def plan_decompress(
         self,
@@ -436,12 +455,14 @@ class ClientCore:
         filename: str | None = None,
         idempotency_key: str | None = None,
         on_upload: Callable[[int, int], None] | None = None,
+        resume_upload: str | None = None,
     ) -> Plan[Job]:
         """Upload a ``.nvc`` file; the result will be ``format`` (``nii.gz`` by default, ``nii`` or ``npy``)."""
         if filename is None and isinstance(source, (bytes, bytearray, memoryview)):
             filename = "upload.nvc"
         return (yield from self.plan_submit("/decompress", source, _base.decompress_params(format), filename=filename,
-                                            idempotency_key=idempotency_key, on_upload=on_upload))
+                                            idempotency_key=idempotency_key, on_upload=on_upload,
+                                            resume_upload=resume_upload))
 
     def plan_get_job(self, job: Job | str, wait: float = 0.0) -> Plan[Job]:
         """``GET /jobs/{id}``: the job's current state (``wait``: long-poll up to that many seconds)."""

@@ -84,6 +84,15 @@ class BatchStoppedError(NVCError):
     """A batch was abandoned (its consumer stopped, or Ctrl-C) while this file was in flight."""
 
 
+class DirectUploadError(NVCError):
+    """A direct-to-storage upload stopped before its job was submitted; ``upload_id`` resumes it
+    (``compress(path, resume_upload=upload_id)`` uploads only the parts still missing)."""
+
+    def __init__(self, message: str, upload_id: str):
+        super().__init__(f"{message} (resume with resume_upload={upload_id!r})")
+        self.upload_id = upload_id
+
+
 class VerificationError(NVCError):
     """A downloaded result did not check out (does not decode, differs from its source, or wrong hash)."""
 
