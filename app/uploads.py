@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,19 +43,11 @@ class Upload:
 
 
 def sniff_volume(head: bytes) -> str | None:
-    """Format of an uploaded volume from its first bytes: 'nii.gz', 'nii', 'npy' or None."""
-    if head[:2] == b"\x1f\x8b":
-        return "nii.gz"
-    if head[:6] == b"\x93NUMPY":
-        return "npy"
-    if len(head) >= 348:
-        for endian in "<>":
-            size = struct.unpack(endian + "i", head[:4])[0]
-            if size == 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
-                return "nii"
-            if size == 540 and head[4:8] in (b"n+2\x00", b"ni2\x00"):
-                return "nii"
-    return None
+    """Format of an uploaded volume from its first bytes: 'nii.gz', 'nii', 'npy' or None
+    (the magic numbers are the codec's, `codec.headers.sniff`)."""
+    from codec.headers import sniff
+
+    return {"gzip": "nii.gz", "nii": "nii", "npy": "npy"}.get(sniff(head) or "")
 
 
 def stem_of(filename: str | None, default: str = "volume") -> str:

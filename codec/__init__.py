@@ -16,7 +16,14 @@ Arrays use NIfTI axis order: the last axis of a 3-D volume is the slice axis
 
 from importlib import metadata as _metadata
 
-from codec.errors import CodecError, FormatError, IntegrityError, UnsupportedInputError
+from codec.errors import (
+    CodecError,
+    FormatError,
+    IntegrityError,
+    TooLargeError,
+    UnrecognisedInputError,
+    UnsupportedInputError,
+)
 
 try:  # one home for the version: `version` in pyproject.toml (the `nvc` distribution)
     __version__ = _metadata.version("nvc")
@@ -29,6 +36,8 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "UnsupportedInputError",
+    "UnrecognisedInputError",
+    "TooLargeError",
     "encode",
     "decode",
     "info",

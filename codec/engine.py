@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from codec import registry
+from codec.blob import BLOB_VERSION, FLAG_TABLES, FLAG_WEIGHTS, parse_blob
 from codec.context import LOCAL, ContextSpec, SlabGeometry, gather_neighbours
 from codec.entropy import (
     AdaptiveTables,
@@ -46,9 +47,6 @@ from codec.profiles import get_profile
 from codec.schedule import Wavefront
 
 PROFILES: tuple[str, ...] = tuple(_PROFILES)
-BLOB_VERSION = 1
-FLAG_WEIGHTS = 1  # fine-tuned weights embedded
-FLAG_TABLES = 2  # token tables measured on the volume embedded
 #: A coded voxel costs at least ~3.5e-4 bits (table cap), so a payload of B bytes can hold at
 #: most ~23k * B voxels; anything claiming far more is hostile or corrupt and is refused
 #: before any work is done.
@@ -94,42 +92,14 @@ class Predictor:
 
     @classmethod
     def from_blob(cls, blob: bytes) -> "Predictor":
-        try:
-            version, kind, n = struct.unpack_from("<BBB", blob, 0)
-        except struct.error:
-            raise FormatError("model blob is truncated") from None
-        if version != BLOB_VERSION:
-            raise FormatError(f"model blob version {version} is not supported (this nvc reads version {BLOB_VERSION})")
-        if kind & ~(FLAG_WEIGHTS | FLAG_TABLES):
-            raise FormatError(f"unknown model flags {kind:#x}")
-        if 3 + n > len(blob):
-            raise FormatError("model blob is truncated")
-        try:
-            shipped_id = blob[3 : 3 + n].decode("ascii")
-        except UnicodeDecodeError:
-            raise FormatError("model id is not ASCII") from None
-        shipped = registry.load_model(shipped_id)
+        framing = parse_blob(blob)  # version, flags, lengths: the same checks as the upload check
+        shipped = registry.load_model(framing.model_id)
         tables = registry.load_tables(shipped.tables_file)
-        pos = 3 + n
-
-        def section() -> bytes:
-            nonlocal pos
-            try:
-                (m,) = struct.unpack_from("<I", blob, pos)
-            except struct.error:
-                raise FormatError("model blob is truncated") from None
-            if pos + 4 + m > len(blob):
-                raise FormatError("model blob section runs past its end")
-            pos += 4 + m
-            return blob[pos - m : pos]
-
-        net = IntMLP.from_bytes(section()) if kind & FLAG_WEIGHTS else shipped.net
-        adaptive = AdaptiveTables.from_bytes(section()) if kind & FLAG_TABLES else None
-        if pos != len(blob):
-            raise FormatError("model blob has trailing bytes")
+        net = IntMLP.from_bytes(framing.weights) if framing.weights is not None else shipped.net
+        adaptive = AdaptiveTables.from_bytes(framing.tables) if framing.tables is not None else None
         if net.n_inputs != shipped.net.n_inputs:
             raise FormatError("embedded network does not match its model's context")
-        return cls(net, tables, shipped_id, bool(kind & FLAG_WEIGHTS), adaptive, shipped.spec)
+        return cls(net, tables, framing.model_id, framing.weights is not None, adaptive, shipped.spec)
 
 
 def describe_model(model_blob: bytes) -> dict:

@@ -1,4 +1,4 @@
-"""The ``.nvc`` container, format version 1: writer and validating parser.
+"""The ``.nvc`` container, format versions 1 and 3 (one array): writer and validating parser.
 
 The byte layout is specified in docs/format.md; this module is its reference implementation.
 Design rules that the parser follows, because a ``.nvc`` file may come from anyone:
@@ -32,15 +32,29 @@ except ImportError:  # pragma: no cover - crc32c is a hard dependency of the cod
     _crc32c = None
 
 MAGIC = b"\x89NVC\r\n\x1a\n"
-FORMAT_VERSION = 1
-#: Versions this reader can read (see "Compatibility" in docs/format.md).
-READABLE_VERSIONS = (1,)
+FORMAT_VERSION = 3
+#: Versions of a single-volume file this reader can read (see "Compatibility" in docs/format.md;
+#: version 2 is a DICOM series archive, read by codec/dicom_archive.py).
+READABLE_VERSIONS = (1, 3)
+#: Version 3 is version 1 plus the TAIL chunk and the "npy" source kind; a writer marks a file
+#: version 3 only when it uses one of them, so every other file stays readable by version-1 readers.
+TAIL_VERSION = 3
+TAIL_VERSION_SOURCE_KINDS = ("npy",)
 #: Hard cap on the voxels one file may declare (all volumes together): 2**31.
 MAX_VOXELS = 2**31
 #: Largest value span (vmax - vmin) of one coded volume: 16 bits.
 MAX_SPAN = 65535
+#: Largest TAIL chunk: bytes a source file held after its voxels, kept so a round trip is byte
+#: for byte (readers of the source formats refuse files with more, see codec/headers.py).
+MAX_TRAILING_BYTES = 2**20
+#: Largest MODL chunk (a model blob; shipped models' blobs with embedded weights are far smaller).
+MAX_MODEL_BYTES = 64 * 2**20
 #: At most this many ancillary (unknown, skippable) chunks before the index.
 MAX_ANCILLARY_CHUNKS = 1024
+
+#: Smallest and largest spacing: what a NIfTI header (float32 pixdim) holds as a normal number.
+MIN_SPACING = float(np.finfo(np.float32).tiny)
+MAX_SPACING = float(np.finfo(np.float32).max)
 
 PREAMBLE = struct.Struct("<8sHH")  # magic, version, flags
 CHUNK_HEAD = struct.Struct("<4sQ")  # tag, body length
@@ -56,9 +70,12 @@ TAG_HEAD = b"HEAD"
 TAG_META = b"META"
 TAG_SRCH = b"SRCH"
 TAG_MODL = b"MODL"
+TAG_TAIL = b"TAIL"
 TAG_INDX = b"INDX"
 TAG_SLAB = b"SLAB"
 TAG_END = b"END "
+#: Chunks that may appear at most once.
+SINGLE_CHUNKS = (TAG_META, TAG_SRCH, TAG_TAIL)
 
 # DICOM series archives (docs/format.md section 8): a version-2 file that holds a set of files.
 # The coded volumes inside are complete version-1 files; the layout is parsed by codec/dicom_archive.py.
@@ -88,8 +105,9 @@ _CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 BYTE_ORDER_LITTLE = 0
 BYTE_ORDER_BIG = 1
 
-#: Kinds of original file header kept in the SRCH chunk.
-SOURCE_KINDS = {1: "nifti1", 2: "nifti2"}
+#: Kinds of original file header kept in the SRCH chunk ("npy": only when `numpy.save` would
+#: not write the same header again, so most .npy-sourced files stay readable by older readers).
+SOURCE_KINDS = {1: "nifti1", 2: "nifti2", 3: "npy"}
 _SOURCE_CODES = {v: k for k, v in SOURCE_KINDS.items()}
 
 
@@ -98,6 +116,24 @@ def crc32c(data: bytes | memoryview, value: int = 0) -> int:
     if _crc32c is None:  # pragma: no cover
         raise ImportError("the 'crc32c' package is required (pip install crc32c)")
     return _crc32c(data, value)
+
+
+def spacing_problem(values: tuple[float, ...], *, stored: bool = False) -> str | None:
+    """Why `values` is not a valid spacing (None: it is).
+
+    A spacing is a voxel size: finite, positive and a normal float32 (NIfTI stores it so),
+    never 0, negative, NaN, infinite or denormal. `stored`: the rule for a file being read,
+    which also accepts 0 ("unknown": files compressed before this rule kept a NIfTI pixdim 0).
+    """
+    for v in values:
+        if not math.isfinite(v):
+            return f"spacing {values} is not finite"
+        if stored and v == 0.0:
+            continue
+        if not MIN_SPACING <= v <= MAX_SPACING:
+            return (f"spacing {values}: each value must be a positive voxel size between {MIN_SPACING:g} and "
+                    f"{MAX_SPACING:g} (not 0, negative or denormal)")
+    return None
 
 
 # --------------------------------------------------------------------------- data model
@@ -167,6 +203,7 @@ class Container:
     volumes: list[VolumeEntry]
     file_length: int
     index_end: int  # offset of the first SLAB chunk (or of END)
+    trailing: bytes = b""  # bytes the source file held after its voxels (TAIL chunk)
     ancillary: list[bytes] = field(default_factory=list)  # tags of skipped ancillary chunks
     chunk_sizes: dict[str, int] = field(default_factory=dict)  # bytes per tag, framing included
 
@@ -279,17 +316,20 @@ def build(
     metadata: bytes = b"",
     source_kind: str | None = None,
     source_header: bytes = b"",
+    trailing: bytes = b"",
     ancillary: Sequence[tuple[bytes, bytes]] = (),
 ) -> bytes:
-    """Assemble a version-1 file.
+    """Assemble a file (version 1, or 3 when it needs a TAIL chunk or an "npy" source header).
 
     `volumes`: one (vmin, vmax, base, model_index | None, [(z0, z1, voxel_crc)...], [payload...])
     per coded volume, in order. The slab offsets are computed here. `ancillary`: (tag, body)
-    chunks placed before the index; tags must start with a lower-case letter.
+    chunks placed before the index; tags must start with a lower-case letter. `trailing`: bytes the
+    source file held after its voxels, kept in a TAIL chunk (written only when there are some).
     """
     if len(volumes) != header.n_volumes:
         raise FormatError(f"{len(volumes)} volumes given, the header declares {header.n_volumes}")
-    out: list[bytes | memoryview] = [PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0)]
+    version = TAIL_VERSION if trailing or source_kind in TAIL_VERSION_SOURCE_KINDS else 1
+    out: list[bytes | memoryview] = [PREAMBLE.pack(MAGIC, version, 0)]
     out += _chunk(TAG_HEAD, pack_head(header))
     if metadata:
         out += _chunk(TAG_META, bytes(metadata))
@@ -299,8 +339,12 @@ def build(
         out += _chunk(TAG_SRCH, bytes([_SOURCE_CODES[source_kind]]) + bytes(source_header))
     for blob in models:
         out += _chunk(TAG_MODL, bytes(blob))
+    if trailing:
+        if len(trailing) > MAX_TRAILING_BYTES:
+            raise FormatError(f"{len(trailing)} trailing bytes, more than the {MAX_TRAILING_BYTES} a TAIL chunk holds")
+        out += _chunk(TAG_TAIL, bytes(trailing))
     for tag, body in ancillary:
-        if len(tag) != 4 or _is_critical(tag):
+        if len(tag) != 4 or is_critical(tag):
             raise FormatError(f"ancillary chunk tags are 4 bytes starting with a lower-case letter, not {tag!r}")
         out += _chunk(bytes(tag), bytes(body))
     n_slabs = sum(len(v[4]) for v in volumes)
@@ -332,12 +376,48 @@ def build(
 # --------------------------------------------------------------------------- parser
 
 
-def _is_critical(tag: bytes) -> bool:
-    return not (97 <= tag[0] <= 122)  # first byte lower-case ASCII: ancillary, may be skipped
+def is_critical(tag: bytes) -> bool:
+    """A chunk a reader must understand (first byte not lower-case ASCII); others may be skipped."""
+    return not (97 <= tag[0] <= 122)
 
 
-def _tag_text(tag: bytes) -> str:
+def tag_text(tag: bytes) -> str:
     return tag.decode("ascii", "backslashreplace")
+
+
+
+
+def check_preamble(version: int, flags: int) -> None:
+    """FormatError unless this reader reads single-volume files of `version` with preamble `flags`."""
+    if version == ARCHIVE_VERSION:
+        raise FormatError(
+            "this .nvc file is a DICOM series archive, not a single volume: restore it with "
+            "`nvc decompress FILE -o DIR` or codec.dicom.decompress_dicom"
+        )
+    if version not in READABLE_VERSIONS:
+        if version > FORMAT_VERSION:
+            raise FormatError(f"format version {version} is newer than this reader (reads version {FORMAT_VERSION})")
+        raise FormatError(f"unknown format version {version}")
+    if flags != 0:
+        raise FormatError(f"unknown preamble flags {flags:#x}")
+
+
+def parse_source(body: bytes | memoryview, version: int = FORMAT_VERSION) -> tuple[str, bytes]:
+    """(kind, original header bytes) of a SRCH chunk body in a file of `version`."""
+    if len(body) < 1 or body[0] not in SOURCE_KINDS:
+        raise FormatError("SRCH chunk: unknown source header kind")
+    kind = SOURCE_KINDS[body[0]]
+    if version < TAIL_VERSION and kind in TAIL_VERSION_SOURCE_KINDS:
+        raise FormatError(f"SRCH chunk: source header kind {kind!r} in a version {version} file")
+    return kind, bytes(body[1:])
+
+
+def check_tail(length: int, version: int) -> None:
+    """FormatError unless a TAIL chunk of `length` bytes may appear in a file of `version`."""
+    if version < TAIL_VERSION:
+        raise FormatError(f"unsupported critical chunk 'TAIL' in a version {version} file")
+    if length > MAX_TRAILING_BYTES:
+        raise FormatError(f"TAIL chunk of {length} bytes, more than {MAX_TRAILING_BYTES}")
 
 
 def read_chunk(src: Source, offset: int, *, expect: bytes | None = None) -> tuple[bytes, bytes | memoryview, int]:
@@ -345,16 +425,16 @@ def read_chunk(src: Source, offset: int, *, expect: bytes | None = None) -> tupl
     head = src.read(offset, CHUNK_HEAD.size, "a chunk header")
     tag, length = CHUNK_HEAD.unpack(head)
     if expect is not None and tag != expect:
-        raise FormatError(f"expected a {_tag_text(expect)} chunk at offset {offset}, found {_tag_text(tag)!r}")
+        raise FormatError(f"expected a {tag_text(expect)} chunk at offset {offset}, found {tag_text(tag)!r}")
     if length > src.size - offset - CHUNK_OVERHEAD:
         raise FormatError(
-            f"truncated file: the {_tag_text(tag)!r} chunk at offset {offset} declares {length} bytes, "
+            f"truncated file: the {tag_text(tag)!r} chunk at offset {offset} declares {length} bytes, "
             f"only {max(0, src.size - offset - CHUNK_OVERHEAD)} are present"
         )
-    body = src.read(offset + CHUNK_HEAD.size, length, f"the {_tag_text(tag)!r} chunk")
+    body = src.read(offset + CHUNK_HEAD.size, length, f"the {tag_text(tag)!r} chunk")
     (stored,) = struct.unpack("<I", src.read(offset + CHUNK_HEAD.size + length, CRC_SIZE, "a chunk CRC"))
     if crc32c(body, crc32c(head)) != stored:
-        raise IntegrityError(f"CRC-32C mismatch in the {_tag_text(tag)!r} chunk at offset {offset}: the file is corrupted")
+        raise IntegrityError(f"CRC-32C mismatch in the {tag_text(tag)!r} chunk at offset {offset}: the file is corrupted")
     return tag, body, offset + CHUNK_OVERHEAD + length
 
 
@@ -386,8 +466,9 @@ def parse_head(body: bytes | memoryview) -> Header:
     voxels = math.prod(shape)
     if voxels > MAX_VOXELS:
         raise FormatError(f"shape {shape} declares {voxels} voxels, more than the limit of {MAX_VOXELS}")
-    if not all(math.isfinite(s) for s in spacing):
-        raise FormatError(f"spacing {spacing} is not finite")
+    problem = spacing_problem(tuple(spacing), stored=True)
+    if problem:
+        raise FormatError(problem)
     dtype = np.dtype(_CODE_DTYPES[code])
     if dtype.itemsize > 1 and (order == BYTE_ORDER_LITTLE) != _little():
         dtype = dtype.newbyteorder("<" if order == BYTE_ORDER_LITTLE else ">")  # non-native: explicit
@@ -479,49 +560,42 @@ def parse(data, *, verify_all: bool = False) -> tuple[Container, Source]:
     magic, version, flags = PREAMBLE.unpack(pre)
     if magic != MAGIC:
         raise FormatError("not an .nvc file (bad magic)")
-    if version == ARCHIVE_VERSION:
-        raise FormatError(
-            "this .nvc file is a DICOM series archive, not a single volume: restore it with "
-            "`nvc decompress FILE -o DIR` or codec.dicom.decompress_dicom"
-        )
-    if version not in READABLE_VERSIONS:
-        if version > FORMAT_VERSION:
-            raise FormatError(f"format version {version} is newer than this reader (reads version {FORMAT_VERSION})")
-        raise FormatError(f"unknown format version {version}")
-    if flags != 0:
-        raise FormatError(f"unknown preamble flags {flags:#x}")
+    check_preamble(version, flags)
     sizes: dict[str, int] = {"preamble": PREAMBLE.size}
     tag, body, pos = read_chunk(src, PREAMBLE.size)
     if tag != TAG_HEAD:
-        raise FormatError(f"the first chunk must be HEAD, found {_tag_text(tag)!r}")
+        raise FormatError(f"the first chunk must be HEAD, found {tag_text(tag)!r}")
     header = parse_head(body)
     sizes["HEAD"] = pos - PREAMBLE.size
-    metadata, source_kind, source_header = b"", None, b""
+    metadata, source_kind, source_header, trailing = b"", None, b"", b""
     models: list[bytes] = []
     ancillary: list[bytes] = []
     seen: set[bytes] = set()
     while True:
         start = pos
         tag, body, pos = read_chunk(src, pos)
-        name = _tag_text(tag)
+        name = tag_text(tag)
         sizes[name] = sizes.get(name, 0) + (pos - start)
         if tag == TAG_INDX:
             file_length, volumes = parse_index(body, header, len(models), pos)
             break
-        if tag in (TAG_META, TAG_SRCH) and tag in seen:
+        if tag in SINGLE_CHUNKS and tag in seen:
             raise FormatError(f"duplicate {name} chunk")
         seen.add(tag)
         if tag == TAG_META:
             metadata = bytes(body)
         elif tag == TAG_SRCH:
-            if len(body) < 1 or body[0] not in SOURCE_KINDS:
-                raise FormatError("SRCH chunk: unknown source header kind")
-            source_kind, source_header = SOURCE_KINDS[body[0]], bytes(body[1:])
+            source_kind, source_header = parse_source(body, version)
+        elif tag == TAG_TAIL:
+            check_tail(len(body), version)
+            trailing = bytes(body)
         elif tag == TAG_MODL:
             if len(models) >= header.n_volumes:
                 raise FormatError(f"more model chunks than volumes ({header.n_volumes})")
+            if len(body) > MAX_MODEL_BYTES:
+                raise FormatError(f"MODL chunk of {len(body)} bytes, more than {MAX_MODEL_BYTES}")
             models.append(bytes(body))
-        elif _is_critical(tag):
+        elif is_critical(tag):
             raise FormatError(f"unsupported critical chunk {name!r} (written by a newer version?)")
         else:
             if len(ancillary) >= MAX_ANCILLARY_CHUNKS:
@@ -540,6 +614,7 @@ def parse(data, *, verify_all: bool = False) -> tuple[Container, Source]:
         volumes=volumes,
         file_length=file_length,
         index_end=pos,
+        trailing=trailing,
         ancillary=ancillary,
         chunk_sizes=sizes,
     )

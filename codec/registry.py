@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from codec.blob import MODELS_DIR, check_shipped, model_path
 from codec.entropy import CodingTables
 from codec.errors import FormatError
 from codec.network import FloatMLP, IntMLP
-
-MODELS_DIR = Path(__file__).parent / "models"
 
 
 @dataclass
@@ -82,11 +81,8 @@ def load_tables(tables_file: str) -> CodingTables:
 
 @lru_cache(maxsize=16)
 def load_model(model_id: str) -> ShippedModel:
-    if not model_id or "/" in model_id or "\\" in model_id or model_id.startswith("."):
-        raise FormatError(f"invalid model id {model_id!r}")
-    path = MODELS_DIR / f"{model_id}.npz"
-    if not path.exists():
-        raise FormatError(f"model {model_id} is not shipped with this version of nvc (newer file?)")
+    path = model_path(model_id)
+    check_shipped(model_id)
     with np.load(path) as z:
         blob = z["int_blob"].tobytes()
         meta = json.loads(z["meta"].tobytes().decode())

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from codec.errors import UnsupportedInputError
-from codec.format import MAX_SPAN, MAX_VOXELS
+from codec.format import MAX_SPAN, MAX_VOXELS, spacing_problem
 
 #: dtypes the codec accepts (any byte order). Wider than 16 bits only while the values of each
 #: coded 3-D volume span at most 16 bits.
@@ -81,7 +81,7 @@ def check_dtype_shape(dt: np.dtype, shape: tuple[int, ...]) -> None:
 
 
 def check_spacing(spacing, ndim: int) -> tuple[float, ...] | None:
-    """Normalise `spacing` (voxel size per axis, NIfTI order) to a tuple of 1..ndim finite floats."""
+    """Normalise `spacing` (voxel size per axis, NIfTI order) to a tuple of 1..ndim valid floats."""
     if spacing is None:
         return None
     try:
@@ -90,8 +90,9 @@ def check_spacing(spacing, ndim: int) -> tuple[float, ...] | None:
         raise UnsupportedInputError(f"spacing must be a sequence of numbers, got {spacing!r}") from None
     if not 1 <= len(values) <= ndim:
         raise UnsupportedInputError(f"spacing has {len(values)} values for a {ndim}-D array (1 to {ndim})")
-    if not all(math.isfinite(v) for v in values):
-        raise UnsupportedInputError(f"spacing {values} is not finite")
+    problem = spacing_problem(values)
+    if problem:
+        raise UnsupportedInputError(problem)
     return values
 
 

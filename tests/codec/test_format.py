@@ -109,7 +109,7 @@ def test_ancillary_chunks_are_skipped_unknown_critical_refused():
 
 def test_versions_magic_flags():
     data = bytearray(sample_file())
-    newer = data[:8] + struct.pack("<H", 3) + data[10:]
+    newer = data[:8] + struct.pack("<H", 4) + data[10:]
     with pytest.raises(FormatError, match="newer"):
         fmt.parse(bytes(newer))
     archive = data[:8] + struct.pack("<H", fmt.ARCHIVE_VERSION) + data[10:]  # version 2: DICOM archives

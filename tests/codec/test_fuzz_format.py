@@ -194,7 +194,7 @@ HOSTILE = {
     "bad SRCH kind": dict(pre_chunks=[(b"SRCH", b"\x09hdr")]),
     "empty SRCH": dict(pre_chunks=[(b"SRCH", b"")]),
     "too many ancillary chunks": dict(pre_chunks=[(b"anci", b"")] * 1025),
-    "version 2": dict(version=2),
+    "version 4": dict(version=4),
     "version 0": dict(version=0),
 }
 

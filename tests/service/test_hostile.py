@@ -91,7 +91,7 @@ def nifti1(shape, datatype=512, bitpix=16, vox_offset=352.0, data=b"") -> bytes:
     ("/compress", gzip.compress(nifti1((8, 8, 8), data=bytes(1024)))[:-6], 422, "broken gzip"),
     ("/compress", nifti1((64, 64, 64), vox_offset=10.0, data=bytes(1024)), 422, "vox_offset"),
     ("/decompress", npy_bytes(np.zeros((4, 4, 4), np.uint16)), 415, "not an .nvc"),
-    ("/decompress", b"\x89NVC\r\n\x1a\n\x02\x00\x00\x00" + bytes(64), 422, "version 2"),
+    ("/decompress", b"\x89NVC\r\n\x1a\n\x04\x00\x00\x00" + bytes(64), 422, "version 4"),
 ])
 def test_bad_uploads_are_refused_before_a_job_exists(client, service_settings, route, body, status, words):
     import redis
