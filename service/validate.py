@@ -19,6 +19,7 @@ from codec.check import UploadInfo as VolumeInfo  # noqa: F401 - what `finish()`
 from codec.check import checker_for
 from codec.errors import CodecError, TooLargeError, UnrecognisedInputError
 from codec.format import MAGIC as NVC_MAGIC  # noqa: F401 - the routes sniff a misdirected .nvc
+from codec.headers import MAX_NIFTI_HEADER_BYTES  # noqa: F401 - the most header bytes a check reads
 from codec.headers import MAX_TRAILING_BYTES as TRAILING_SLACK  # noqa: F401 - bytes accepted after the voxels
 
 
