@@ -9,7 +9,20 @@ from pydantic import BaseModel, Field
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["compress", "decompress"]
-OutputFormat = Literal["nii.gz", "nii", "npy"]
+OutputFormat = Literal["nii.gz", "nii", "npy", "zip"]
+TransferSyntax = Literal["jpegls", "jpeg2000", "htj2k", "explicit-little"]
+
+
+class DicomSeries(BaseModel):
+    """One series of a DICOM job: only what identifies the series, never patient data."""
+
+    modality: str
+    series_uid: str
+    description: str
+    instances: int
+    coded: int = Field(description="Instances whose pixels went through the codec.")
+    verbatim: int = Field(description="Instances stored as they were (compressed syntaxes, non-images).")
+    volumes: list[list[int]] = Field(default_factory=list, description="Shape of each coded volume (columns, rows, planes).")
 
 
 class Job(BaseModel):
@@ -20,9 +33,10 @@ class Job(BaseModel):
     state: JobState = Field(description="queued -> running -> succeeded | failed; queued/running -> cancelled.")
     progress: float = Field(ge=0, le=1, description="Fraction done, 0..1 (1 once succeeded).")
     profile: str | None = Field(default=None, description="Codec profile (compress jobs).")
-    output_format: str | None = Field(default=None, description="Result format: nvc, nii.gz, nii or npy.")
+    output_format: str | None = Field(default=None, description="Result format: nvc, nii.gz, nii, npy or zip.")
     input_name: str | None = Field(default=None, description="File name of the upload, when known.")
-    input_format: str | None = Field(default=None, description="Detected upload format: nii.gz, nii, npy or nvc.")
+    input_format: str | None = Field(default=None, description="Detected upload format: nii.gz, nii, npy, nvc, "
+                                     "dicom (a series) or nvc-dicom (a DICOM archive).")
     input_size: int | None = Field(default=None, description="Upload size in bytes.")
     input_sha256: str | None = Field(default=None, description="SHA-256 of the uploaded bytes.")
     output_name: str | None = Field(default=None, description="File name the result downloads as.")
@@ -42,6 +56,12 @@ class Job(BaseModel):
     codec_seconds: float | None = Field(default=None, description="Time spent in the codec itself.")
     verify_seconds: float | None = Field(default=None, description="Time spent decoding the result to verify it.")
     error: str | None = Field(default=None, description="Why the job failed (state failed).")
+    files: int | None = Field(default=None, description="DICOM jobs: files in the series upload or archive.")
+    instances_coded: int | None = Field(default=None, description="DICOM jobs: instances coded by NVC.")
+    files_verbatim: int | None = Field(default=None, description="DICOM jobs: files stored verbatim.")
+    series: list[DicomSeries] | None = Field(default=None, description="DICOM jobs: the series (modality, UIDs, "
+                                             "description, counts, dimensions).")
+    transfer_syntax: str | None = Field(default=None, description="DICOM decompress jobs: the export syntax, if any.")
     result_deleted: bool = Field(default=False, description="The result was deleted (DELETE on a finished job).")
 
 

@@ -11,7 +11,9 @@ never holds a whole scan in memory.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,7 @@ HEAD_BYTES = 352  # enough for a NIfTI-1 header + magic, a NIfTI-2 magic, an .np
 MAX_FIELD_BYTES = 64 * 1024
 FILE_FIELD = "file"
 
-_SUFFIXES = (".nii.gz", ".nii", ".npy", ".nvc", ".gz")
+_SUFFIXES = (".nii.gz", ".nii", ".npy", ".nvc", ".gz", ".zip", ".tar", ".dcm")
 
 
 @dataclass
@@ -169,13 +171,89 @@ async def receive_upload(
     return upload
 
 
+class _SinkStream(io.RawIOBase):
+    """A write-only, unseekable stream into the sink (zipfile then writes data descriptors)."""
+
+    def __init__(self, sink: _Sink):
+        self.sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sink.feed(bytes(data))
+        return len(data)
+
+
+class _ZipParts:
+    """Many DICOM files in one multipart upload become one zip in storage, written as the parts
+    stream in (stored, not deflated: DICOM pixels barely deflate and the worker reads it once)."""
+
+    def __init__(self, sink: _Sink):
+        self.zip = zipfile.ZipFile(_SinkStream(sink), "w", zipfile.ZIP_STORED, allowZip64=True)
+        self.member = None
+        self.names: set[str] = set()
+
+    def _name(self, filename: str | None) -> str:
+        from codec.dicom_inputs import safe_name
+        from codec.errors import UnsupportedInputError
+
+        raw = (filename or "file.dcm").replace("\\", "/").lstrip("/")
+        try:
+            name = safe_name(raw)
+        except UnsupportedInputError:
+            name = safe_name(re.split(r"[\\/]", raw)[-1] or "file.dcm")
+        base, n = name, 1
+        while name in self.names:
+            n += 1
+            name = f"{base}~{n}"
+        self.names.add(name)
+        return name
+
+    def begin(self, filename: str | None) -> None:
+        info = zipfile.ZipInfo(self._name(filename), date_time=(1980, 1, 1, 0, 0, 0))
+        self.member = self.zip.open(info, "w", force_zip64=True)
+
+    def data(self, data: bytes) -> None:
+        self.member.write(data)
+
+    def end(self) -> None:
+        if self.member is not None:
+            self.member.close()
+            self.member = None
+
+    def close(self) -> None:
+        self.end()
+        self.zip.close()
+
+
+def _is_dicom_head(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
 async def _receive_multipart(request: Request, options: dict, sink: _Sink, upload: Upload) -> None:
+    """Fields and the `file` part; several `file` parts are accepted when they are DICOM files
+    (the first one has the DICM preamble): they are written as one zip (`_ZipParts`)."""
     boundary = options.get(b"boundary")
     if not boundary:
         raise Problem(400, "multipart/form-data without a boundary", slug="bad-multipart")
 
     part: dict = {}
     files_seen = 0
+    mode: dict[str, Any] = {"zip": None, "decided": False, "pending": bytearray()}
+
+    def decide() -> None:
+        mode["decided"] = True
+        pending = bytes(mode["pending"])
+        mode["pending"] = bytearray()
+        if _is_dicom_head(pending):
+            mode["zip"] = _ZipParts(sink)
+            mode["zip"].begin(mode["first_name"])
+            mode["zip"].data(pending)
+            top = (mode["first_name"] or "").replace("\\", "/").lstrip("/").split("/")
+            upload.filename = f"{top[0]}.zip" if len(top) > 1 and top[0] else "series.zip"
+        elif pending:
+            sink.feed(pending)
 
     def on_part_begin() -> None:
         part.clear()
@@ -201,20 +279,37 @@ async def _receive_multipart(request: Request, options: dict, sink: _Sink, uploa
         part["filename"] = filename.decode("utf-8", "replace") if filename is not None else None
         if part["name"] == FILE_FIELD:
             files_seen += 1
-            if files_seen > 1:
-                raise Problem(400, "send exactly one file in field `file`", slug="bad-multipart")
-            upload.filename = part["filename"]
+            if files_seen == 1:
+                upload.filename = part["filename"]
+                mode["first_name"] = part["filename"]
+            elif mode["zip"] is not None:
+                mode["zip"].begin(part["filename"])
+            else:
+                raise Problem(400, "send exactly one file in field `file` (several only when they are DICOM files)",
+                              slug="bad-multipart")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if part["name"] == FILE_FIELD:
-            sink.feed(data[start:end])
+            if not mode["decided"]:
+                mode["pending"] += data[start:end]
+                if len(mode["pending"]) >= 132:
+                    decide()
+            elif mode["zip"] is not None:
+                mode["zip"].data(data[start:end])
+            else:
+                sink.feed(data[start:end])
         else:
             part["value"] += data[start:end]
             if len(part["value"]) > MAX_FIELD_BYTES:
                 raise Problem(400, f"form field {part['name']!r} is too long", slug="bad-multipart")
 
     def on_part_end() -> None:
-        if part.get("name") and part["name"] != FILE_FIELD:
+        if part.get("name") == FILE_FIELD:
+            if not mode["decided"]:
+                decide()
+            if mode["zip"] is not None:
+                mode["zip"].end()
+        elif part.get("name"):
             upload.fields[part["name"]] = part["value"].decode("utf-8", "replace")
 
     parser = MultipartParser(
@@ -234,6 +329,8 @@ async def _receive_multipart(request: Request, options: dict, sink: _Sink, uploa
             parser.write(chunk)
             await sink.flush()
         parser.finalize()
+        if mode["zip"] is not None:
+            mode["zip"].close()
     except Problem:
         raise
     except ClientDisconnect:

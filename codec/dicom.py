@@ -354,8 +354,10 @@ def open_archive(data) -> ArchiveIndex:
 
 
 def archive_info(data) -> dict:
-    """Describe an archive from its index alone: no voxel is decoded, no header inflated."""
-    ai = open_archive(data)
+    """Describe an archive from its index alone: no voxel is decoded, no header inflated.
+
+    `data`: bytes, a seekable file (read from its current position) or an opened ArchiveIndex."""
+    ai = data if isinstance(data, ArchiveIndex) else open_archive(data)
     a = ai.archive
     coded = [f for f in ai.files if f["storage"] == "coded"]
     verbatim = [f for f in ai.files if f["storage"] == "verbatim"]

@@ -230,6 +230,13 @@ def quiet_pydicom():
         logger.setLevel(level)
 
 
+def _raw_dataset_start(data: bytes) -> bool:
+    """A data set without preamble starts with a group 0x0002 or 0x0008 element (either byte order)."""
+    if len(data) < 8:
+        return False
+    return int.from_bytes(data[:2], "little") in (0x0002, 0x0008) or int.from_bytes(data[:2], "big") in (0x0002, 0x0008)
+
+
 def read_dataset(data: bytes):
     """pydicom's dataset with deferred values, and whether the file has the DICM preamble.
 
@@ -240,6 +247,8 @@ def read_dataset(data: bytes):
     from pydicom.errors import InvalidDicomError
 
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    if not has_preamble and not _raw_dataset_start(data):
+        return None, False  # not worth a forced parse (which walks any bytes as elements)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), defer_size=64, force=not has_preamble)
     except InvalidDicomError:

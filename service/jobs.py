@@ -59,6 +59,12 @@ FIELDS: dict[str, type] = {
     "result_deleted": bool,
     "attempt_id": str,
     "heartbeat_at": float,
+    # DICOM jobs (only modality, UIDs, description, counts and dimensions: never patient data)
+    "files": int,
+    "instances_coded": int,
+    "files_verbatim": int,
+    "series": list,
+    "transfer_syntax": str,
 }
 
 #: Duration histograms kept in Redis (seconds); buckets suit tiny to multi-GB jobs.

@@ -30,7 +30,7 @@ from service.queue import publish
 from service.settings import Settings
 from service.storage import job_prefix
 
-#: Output formats of a decompress job.
+#: Output formats of a decompress job (a DICOM archive's is always "zip").
 OUTPUT_FORMATS = ("nii.gz", "nii", "npy")
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -84,16 +84,35 @@ def known_profiles() -> list[str] | None:
     return list(PROFILES)
 
 
+#: Transfer syntaxes a DICOM archive can be exported to (codec.dicom_export.TRANSFER_SYNTAXES).
+TRANSFER_SYNTAXES = ("jpegls", "jpeg2000", "htj2k", "explicit-little")
+
+
 @dataclass(frozen=True)
 class JobParameters:
     """What a job does with its upload, checked."""
 
     output_format: str
     profile: str | None = None
+    transfer_syntax: str | None = None
 
 
-def job_parameters(kind: str, params: dict[str, str | None]) -> JobParameters:
-    """Check the query/form parameters of a submission (422 with the reason otherwise)."""
+def job_parameters(kind: str, params: dict[str, str | None], upload_format: str | None = None) -> JobParameters:
+    """Check the query/form parameters of a submission (422 with the reason otherwise).
+
+    `upload_format`: what the upload check found; a DICOM archive ("nvc-dicom") restores to a
+    zip of its files, optionally exported to `transfer_syntax`."""
+    syntax = params.get("transfer_syntax")
+    if upload_format == "nvc-dicom":
+        if params.get("format") not in (None, "zip"):
+            raise Problem(422, f"a DICOM archive restores to a zip of its files, not {params.get('format')!r} "
+                          "(leave format out, or use format=zip)", slug="invalid-request")
+        if syntax is not None and syntax not in TRANSFER_SYNTAXES:
+            raise Problem(422, f"transfer_syntax must be one of {', '.join(TRANSFER_SYNTAXES)} (got {syntax!r})",
+                          slug="invalid-request")
+        return JobParameters(output_format="zip", transfer_syntax=syntax)
+    if syntax is not None:
+        raise Problem(422, "transfer_syntax applies to DICOM archives only", slug="invalid-request")
     if kind == "compress":
         profile = params.get("profile") or "default"
         if not PROFILE_NAME.match(profile):
@@ -116,10 +135,14 @@ def build_record(
 ) -> dict[str, Any]:
     """The record of an accepted upload (`volume`: the header facts the upload check learned)."""
     extra = {"profile": params.profile} if params.profile is not None else {}
+    if params.transfer_syntax is not None:
+        extra["transfer_syntax"] = params.transfer_syntax
+    if getattr(volume, "files", None) is not None:  # a DICOM upload (service/validate_dicom.py)
+        extra["files"] = volume.files
     return new_record(
         job_id, kind, owner, settings.job_ttl_seconds,
         input_name=filename,
-        input_format=volume.format if kind == "compress" else "nvc",
+        input_format=volume.format if kind == "compress" or volume.format == "nvc-dicom" else "nvc",
         input_key=input_key(job_id),
         input_size=size,
         input_sha256=sha256,
@@ -127,7 +150,7 @@ def build_record(
         output_name=output_name,
         queue=settings.resolved_submit_queue,
         idempotency_key=idempotency_key,
-        shape=list(volume.shape),
+        shape=list(volume.shape) if volume.shape is not None else None,
         dtype=volume.dtype,
         **extra,
     )

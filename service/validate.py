@@ -70,6 +70,11 @@ def NvcUploadValidator(max_volume_bytes: int) -> UploadValidator:  # noqa: N802 
     return UploadValidator("decompress", max_volume_bytes)
 
 
-def validator_for(kind: str, max_volume_bytes: int) -> UploadValidator:
-    """The validator of a `compress` or `decompress` upload."""
-    return UploadValidator(kind if kind == "compress" else "decompress", max_volume_bytes)
+def validator_for(kind: str, max_volume_bytes: int):
+    """The validator of a `compress` or `decompress` upload (DICOM series and archives are told
+    apart from volumes and .nvc files by their first bytes: service/validate_dicom.py)."""
+    from service.validate_dicom import CompressUploadValidator, DecompressUploadValidator
+
+    if kind == "compress":
+        return CompressUploadValidator(max_volume_bytes)
+    return DecompressUploadValidator(max_volume_bytes)

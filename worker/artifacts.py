@@ -25,7 +25,7 @@ from worker.verify import VerificationError
 log = logging.getLogger("nvc.worker")
 HASH_CHUNK = 16 * 1024 * 1024
 #: File name extension the codec expects for each input format.
-INPUT_SUFFIX = {"nii.gz": ".nii.gz", "nii": ".nii", "npy": ".npy", "nvc": ".nvc"}
+INPUT_SUFFIX = {"nii.gz": ".nii.gz", "nii": ".nii", "npy": ".npy", "nvc": ".nvc", "dicom": ".dicom", "nvc-dicom": ".nvc"}
 T = TypeVar("T")
 
 

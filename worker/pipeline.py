@@ -22,6 +22,10 @@ from worker.verify import verify_compressed, verify_decompressed
 def compress(rt: Runtime, record: dict[str, Any], scratch: Path, interval: float, attempt: Attempt) -> dict[str, Any]:
     import codec
 
+    if record.get("input_format") == "dicom":  # a DICOM series: worker/dicom_jobs.py
+        from worker import dicom_jobs
+
+        return dicom_jobs.compress(rt, record, scratch, interval, attempt)
     job_id = record["id"]
     src = fetch_input(rt, record, scratch)
     check_upload(rt, record, src)
@@ -44,6 +48,10 @@ def compress(rt: Runtime, record: dict[str, Any], scratch: Path, interval: float
 def decompress(rt: Runtime, record: dict[str, Any], scratch: Path, interval: float, attempt: Attempt) -> dict[str, Any]:
     import codec
 
+    if record.get("input_format") == "nvc-dicom":  # a DICOM archive: worker/dicom_jobs.py
+        from worker import dicom_jobs
+
+        return dicom_jobs.decompress(rt, record, scratch, interval, attempt)
     job_id = record["id"]
     src = fetch_input(rt, record, scratch)
     with open(src, "rb") as handle:

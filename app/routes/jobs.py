@@ -19,13 +19,14 @@ from app.deps import Services, get_services
 from app.limits import ActiveJobs
 from app.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.routes.uploads import submit_uploaded
-from app.schemas import Job, OutputFormat, ProblemDetails, job_from_record
+from app.schemas import Job, OutputFormat, ProblemDetails, TransferSyntax, job_from_record
 from app.uploads import receive_upload, sniff_volume, stem_of
 from app.watchdog import remember_epoch, store_was_reset
 from service.jobs import ACTIVE_STATES, TERMINAL_STATES
 from service.storage import ObjectNotFound, job_prefix
 from service.submission import IdempotencyClaim, build_record, enqueue, input_key, job_parameters
 from service.validate import NVC_MAGIC, validator_for
+from service.validate_dicom import looks_like_dicom_upload
 
 router = APIRouter(tags=["jobs"])
 
@@ -126,7 +127,7 @@ async def _submit(
         fields = {k: v for k, v in upload.fields.items() if v != ""}
         merged = {name: params.get(name) or fields.get(name) for name in params}
         filename = merged.pop("filename", None) or upload.filename
-        job_params = job_parameters(kind, merged)
+        job_params = job_parameters(kind, merged, getattr(upload.volume, "format", None))
         record = build_record(
             job_id, kind, owner, settings, job_params, filename=filename,
             output_name=f"{stem_of(filename)}.{job_params.output_format}", size=upload.size, sha256=upload.sha256,
@@ -147,12 +148,13 @@ def _head_check(kind: str, settings) -> Callable[[bytes], None]:
     """Refuse an upload from its first bytes (415) before the rest is read."""
 
     def check_head(head: bytes) -> None:
-        if kind == "compress" and sniff_volume(head) is None:
+        if kind == "compress" and sniff_volume(head) is None and not looks_like_dicom_upload(head):
             early = validator_for(kind, settings.max_volume_bytes)  # says what the first bytes are instead
             early.feed(head)
             early.finish()
             raise Problem(
-                415, "the upload is not a NIfTI (.nii, .nii.gz) or NumPy (.npy) file", slug="unsupported-input"
+                415, "the upload is not a NIfTI (.nii, .nii.gz) or NumPy (.npy) file, nor DICOM (a .dcm file, or a zip "
+                "or tar of a series)", slug="unsupported-input"
             )
         if kind == "decompress" and head[:8] != NVC_MAGIC[: len(head[:8])]:
             raise Problem(415, "the upload is not an .nvc file (bad magic)", slug="unsupported-input")
@@ -175,7 +177,7 @@ async def _roll_back(services: Services, job_id: str, active: ActiveJobs, claim:
     "/compress",
     status_code=202,
     response_model=Job,
-    summary="Compress a volume (.nii, .nii.gz or .npy) to .nvc",
+    summary="Compress a volume (.nii, .nii.gz or .npy) or a DICOM series (zip, tar, .dcm parts) to .nvc",
     responses={202: {"headers": SUBMIT_HEADERS}, **_problem_responses(*SUBMIT_PROBLEMS)},
     openapi_extra=_upload_body({"profile": {"type": "string"}, "filename": {"type": "string"}}),
 )
@@ -192,7 +194,8 @@ async def compress(
     upload_id: UploadIdQuery = None,
 ) -> Job:
     """Upload a volume as multipart field `file` or as the raw body (or, with `upload_id`, submit a
-    finished direct upload, POST /uploads); answers 202 with the job."""
+    finished direct upload, POST /uploads); answers 202 with the job. A DICOM series is a zip or tar
+    of its files (raw body or field `file`), one .dcm, or several `file` parts."""
     params = {"profile": profile, "filename": filename}
     if upload_id is not None:
         return await submit_uploaded(request, response, services, owner, "compress", upload_id, idempotency_key,
@@ -216,15 +219,23 @@ async def decompress(
     services: Svc,
     owner: Owner,
     idempotency_key: IdempotencyKey = None,
-    format: Annotated[OutputFormat | None, Query(description="Output format (default nii.gz).")] = None,
+    format: Annotated[
+        OutputFormat | None, Query(description="Output format (default nii.gz; a DICOM archive: zip).")
+    ] = None,
     filename: Annotated[
         str | None, Query(description="Name of the uploaded file, for a raw-body upload.", max_length=255)
     ] = None,
     upload_id: UploadIdQuery = None,
+    transfer_syntax: Annotated[
+        TransferSyntax | None,
+        Query(description="DICOM archives: export the coded series in this lossless transfer syntax instead of "
+                          "restoring the original bytes."),
+    ] = None,
 ) -> Job:
     """Upload an .nvc file as multipart field `file` or as the raw body (or, with `upload_id`, submit a
-    finished direct upload, POST /uploads); answers 202 with the job."""
-    params = {"format": format, "filename": filename}
+    finished direct upload, POST /uploads); answers 202 with the job. A DICOM archive's result is a
+    zip of its files (byte for byte, or exported)."""
+    params = {"format": format, "filename": filename, "transfer_syntax": transfer_syntax}
     if upload_id is not None:
         return await submit_uploaded(request, response, services, owner, "decompress", upload_id, idempotency_key,
                                      params)
@@ -277,7 +288,7 @@ async def _wait_for_end(services: Services, job_id: str, wait: float) -> dict[st
 
 
 _MEDIA_TYPES = {"nvc": "application/octet-stream", "nii.gz": "application/gzip", "nii": "application/octet-stream",
-                "npy": "application/octet-stream"}
+                "npy": "application/octet-stream", "zip": "application/zip"}
 
 
 @router.get(

@@ -159,7 +159,7 @@ def _pydicom_files(max_bytes: int):
     from pydicom.data import get_testdata_files
 
     paths = sorted(p for p in get_testdata_files() if os.path.isfile(p) and os.path.getsize(p) <= max_bytes)
-    base = Path(paths[0]).parents[1]
+    base = Path(os.path.commonpath(paths))
     return [InputFile(Path(p).relative_to(base).as_posix(), Path(p).read_bytes()) for p in paths]
 
 
@@ -182,9 +182,12 @@ def test_pydicom_small_files_round_trip(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_pydicom_corpus_round_trips(tmp_path):
-    """Every DICOM file pydicom (and pydicom-data, when installed) ships, byte for byte."""
-    info = _check_corpus(_pydicom_files(8 * 2**20), tmp_path)
+    """Every DICOM file up to 1 MiB that pydicom (and pydicom-data, when installed) ships, byte for
+    byte (the few larger ones, 16 M voxels more, take many minutes on a loaded 2-core machine:
+    benchmarks/verify_dicom_corpus.py runs them all)."""
+    info = _check_corpus(_pydicom_files(2**20), tmp_path)
     assert info["instances_coded"] >= 40
 
 

@@ -413,6 +413,24 @@ def nifti1_header(shape, datatype=4, bitpix=16, vox_offset=352.0) -> bytes:
     return bytes(hdr)
 
 
+def _npz() -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, a=np.zeros((4, 4, 4), np.uint16))
+    return buf.getvalue()
+
+
+def _zip_bomb(inflated: int) -> bytes:
+    """A zip whose one member inflates to `inflated` zero bytes (what a DICOM upload check must not hold)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("bomb.dcm", "w") as member:
+        piece = bytes(1 << 20)
+        for _ in range(inflated >> 20):
+            member.write(piece)
+    return buf.getvalue()
+
+
 def gzip_bomb(header: bytes, inflated: int) -> bytes:
     """gzip of `header` followed by `inflated` zero bytes, built without holding them."""
     comp = zlib.compressobj(9, zlib.DEFLATED, 31)
@@ -450,7 +468,9 @@ def peak_of(fn) -> tuple[object, int]:
     (".npy header 4 GB long", b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**32 - 1) + b"{", 422, "header"),
     ("gzip bomb: 64 MiB of zeros after an 8x8x8 header", None, 422, "decompression bomb"),
     ("gzip .npy", gzip.compress(b"\x93NUMPY\x01\x00" + bytes(400)), 415, "gzip-compressed .npy"),
-    ("an .npz", b"PK\x03\x04" + bytes(400), 415, ".npz"),
+    ("an .npz", _npz(), 415, ".npz"),
+    ("a broken zip (a DICOM series upload)", b"PK\x03\x04" + bytes(400), 422, "broken zip"),
+    ("a zip bomb", _zip_bomb(16 << 20), 415, "not DICOM"),  # drained in bounded pieces, found not DICOM
     ("an .nvc sent to /compress", b"\x89NVC\r\n\x1a\n" + bytes(400), 415, "already an .nvc"),
     ("text", b"patient name: somebody\n" * 40, 415, "not a NIfTI"),
 ])

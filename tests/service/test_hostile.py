@@ -68,6 +68,14 @@ def client(service_settings):
         yield test_client
 
 
+def _npz() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, a=np.zeros((4, 4, 4), np.uint16))
+    return buf.getvalue()
+
+
 def nifti1(shape, datatype=512, bitpix=16, vox_offset=352.0, data=b"") -> bytes:
     hdr = bytearray(352)
     struct.pack_into("<i", hdr, 0, 348)
@@ -81,7 +89,8 @@ def nifti1(shape, datatype=512, bitpix=16, vox_offset=352.0, data=b"") -> bytes:
 
 @pytest.mark.parametrize("route, body, status, words", [
     ("/compress", b"<html>not a scan</html>" * 20, 415, "not a NIfTI"),
-    ("/compress", b"PK\x03\x04" + bytes(500), 415, ".npz"),
+    ("/compress", b"PK\x03\x04" + bytes(500), 422, "broken zip"),  # a zip is a DICOM series upload
+    ("/compress", _npz(), 415, ".npz"),
     ("/compress", npy_bytes(np.zeros((4, 4, 4), np.float32)), 422, "float32 is not supported"),
     ("/compress", npy_bytes(np.zeros((4, 4, 4), np.complex64)), 422, "complex"),
     ("/compress", npy_bytes(np.zeros((2, 2, 2, 2, 2), np.uint8)), 422, "5-D"),
@@ -92,6 +101,7 @@ def nifti1(shape, datatype=512, bitpix=16, vox_offset=352.0, data=b"") -> bytes:
     ("/compress", nifti1((64, 64, 64), vox_offset=10.0, data=bytes(1024)), 422, "vox_offset"),
     ("/decompress", npy_bytes(np.zeros((4, 4, 4), np.uint16)), 415, "not an .nvc"),
     ("/decompress", b"\x89NVC\r\n\x1a\n\x04\x00\x00\x00" + bytes(64), 422, "version 4"),
+    ("/decompress", b"\x89NVC\r\n\x1a\n\x02\x00\x00\x00" + bytes(64), 422, "DICOM archive"),  # version 2
 ])
 def test_bad_uploads_are_refused_before_a_job_exists(client, service_settings, route, body, status, words):
     import redis
