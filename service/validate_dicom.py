@@ -81,6 +81,13 @@ class DicomUploadValidator:
         if data:
             self.spool.feed(data)
 
+
+    def header_info(self):
+        """Direct uploads check only the head of a stored object; a DICOM upload is only known
+        whole, so it is refused there with the route that takes it."""
+        raise Problem(422, "a DICOM upload is checked whole: send it to POST /compress (streamed), not as a direct "
+                      "upload", slug="invalid-input")
+
     def finish(self) -> DicomInfo:
         import zipfile
 
@@ -215,6 +222,13 @@ class ArchiveUploadValidator:
         if data:
             self.spool.feed(data)
 
+
+    def header_info(self):
+        """Direct uploads check only the head of a stored object; a DICOM upload is only known
+        whole, so it is refused there with the route that takes it."""
+        raise Problem(422, "a DICOM upload is checked whole: send it to POST /decompress (streamed), not as a direct "
+                      "upload", slug="invalid-input")
+
     def finish(self) -> DicomInfo:
         from codec import dicom
         from codec.errors import CodecError
@@ -262,6 +276,13 @@ class CompressUploadValidator:
             self._choose()
             return
         self.inner.feed(data)
+
+    def header_info(self):
+        if self.inner is None:
+            if len(self.head) < SNIFF_BYTES:
+                return None
+            self._choose()
+        return self.inner.header_info()
 
     def finish(self):
         if self.inner is None:
