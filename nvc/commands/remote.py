@@ -142,14 +142,57 @@ def _out_name(name: str, action: str, fmt: str) -> str:
     return compressed_name(name) if action == "compress" else decompressed_name(name, fmt)
 
 
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def dicom_series_zip(root: Path) -> Path | None:
+    """A folder of DICOM files (no volumes in it) as one deterministic zip in a temporary folder,
+    to be archived as one job (every file kept, names relative to `root`); None when it holds no
+    DICOM file. Deterministic (sorted names, fixed times), so a rerun finds it in the manifest."""
+    import tempfile
+    import zipfile
+
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    if any(_matches(p, COMPRESS_SUFFIXES) for p in files) or not any(_is_dicom_file(p) for p in files):
+        return None
+    target = Path(tempfile.mkdtemp(prefix="nvc-remote-")) / f"{root.name or 'series'}.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for path in files:
+            info = zipfile.ZipInfo(path.relative_to(root).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+            with path.open("rb") as src, zf.open(info, "w", force_zip64=True) as dst:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+    return target
+
+
 def plan(paths: list[str], action: str, output_dir: Path | None, fmt: str) -> list[Item]:
-    """Every input file with its output path; raises CLIError for missing paths or clashing outputs."""
+    """Every input file with its output path; raises CLIError for missing paths or clashing outputs.
+
+    compress: a folder that holds DICOM files and no volume is one DICOM series archive
+    (``DIR`` -> ``DIR.nvc``); a .zip of one, or one .dcm file, is one archive too."""
     from nvc.cli import CLIError
 
     suffixes = COMPRESS_SUFFIXES if action == "compress" else DECOMPRESS_SUFFIXES
     items: list[Item] = []
     for raw in paths:
         root = Path(raw)
+        series = dicom_series_zip(root) if action == "compress" and root.is_dir() else None
+        if series is not None:
+            folder = output_dir if output_dir is not None else root.resolve().parent
+            items.append(Item(series, folder / f"{root.resolve().name}.nvc", series.stat().st_size))
+            continue
+        if action == "compress" and root.is_file() and (root.name.lower().endswith((".zip", ".dcm"))
+                                                        or _is_dicom_file(root)):
+            folder = output_dir if output_dir is not None else root.parent
+            stem = root.name[:-4] if root.name.lower().endswith((".zip", ".dcm")) else root.name
+            items.append(Item(root, folder / f"{stem}.nvc", root.stat().st_size))
+            continue
         if root.is_dir():
             found = sorted(p for p in root.rglob("*") if p.is_file() and _matches(p, suffixes))
             if not found:
@@ -495,6 +538,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
         client.close()
+        for item in items:  # the zips made of DICOM folders (dicom_series_zip)
+            if item.source.parent.name.startswith("nvc-remote-"):
+                shutil.rmtree(item.source.parent, ignore_errors=True)
 
     summary = summarize(action, results, skipped, time.monotonic() - started)
     print_summary(summary, err)

@@ -61,6 +61,13 @@ class Job(BaseModel):
     codec_seconds: float | None = None
     verify_seconds: float | None = None
     error: str | None = None
+    # DICOM jobs: files, how many instances the codec coded and how many were stored verbatim, the
+    # series (modality, UIDs, description, counts, volume shapes), the export syntax
+    files: int | None = None
+    instances_coded: int | None = None
+    files_verbatim: int | None = None
+    series: list[dict[str, Any]] | None = None
+    transfer_syntax: str | None = None
     result_deleted: bool = False
 
     @property

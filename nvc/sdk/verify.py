@@ -95,7 +95,9 @@ def verify_compressed(job: Job, nvc_path: Path, *, sha256: str | None, source: P
     if _check_sha(job, sha256, what):
         checks.append("sha256")
     codec = _decoder(mode)
-    if codec is not None:
+    if codec is not None and _is_dicom_archive(nvc_path):
+        checks.append(_verify_archive(nvc_path, source, what))
+    elif codec is not None:
         try:
             decoded = codec.decode(nvc_path.read_bytes())
         except Exception as exc:  # CodecError and friends
@@ -108,6 +110,42 @@ def verify_compressed(job: Job, nvc_path: Path, *, sha256: str | None, source: P
     if not checks:
         raise VerificationError(f"{what}: cannot verify (the job recorded no SHA-256 and the codec is not installed)")
     return "+".join(checks)
+
+
+def _is_dicom_archive(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(12)
+    return head[:8] == b"\x89NVC\r\n\x1a\n" and head[8:10] == b"\x02\x00"
+
+
+def _verify_archive(nvc_path: Path, source: Path | None, what: str) -> str:
+    """Restore a DICOM archive locally (every file against its recorded SHA-256) and, when the
+    source was a zip or a DICOM file, compare every restored file with it byte for byte."""
+    import zipfile
+
+    try:
+        from codec import dicom
+
+        ai = dicom.open_archive(nvc_path.read_bytes())
+        restored = {item.name: item for item in dicom.iter_restored(ai)}
+    except Exception as exc:
+        raise VerificationError(f"{what} is not a readable DICOM archive: {exc}") from exc
+    lost = sorted(name for name, item in restored.items() if item.data is None)
+    if lost:
+        raise VerificationError(f"{what}: {len(lost)} files do not restore: {', '.join(lost[:5])}")
+    if source is None:
+        return "restored"
+    if zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            original = {m.filename: m for m in zf.infolist() if not m.is_dir()}
+            if set(original) != set(restored):
+                raise VerificationError(f"{what}: the archive's files differ from the source zip's")
+            for name, member in original.items():
+                if zf.read(member) != restored[name].data:
+                    raise VerificationError(f"{what}: {name} does not restore byte for byte")
+    elif len(restored) != 1 or next(iter(restored.values())).data != source.read_bytes():
+        raise VerificationError(f"{what}: does not restore {source.name} byte for byte")
+    return "restored=source"
 
 
 def verify_decompressed(
