@@ -25,7 +25,7 @@ from app.auth import KeyRing
 from app.deps import Services
 from app.limits import RequestTimeoutMiddleware
 from app.metrics import HttpMetrics, MetricsMiddleware
-from app.routes import health, jobs, slices, uploads
+from app.routes import callbacks, events, health, jobs, slices, uploads
 from service.jobs import AsyncJobStore
 from service.settings import Settings, get_settings
 from service.storage import make_storage, sweep_orphans
@@ -92,6 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tasks.append(asyncio.create_task(_sweeper(services)))
         if settings.watchdog_seconds > 0:
             tasks.append(asyncio.create_task(watchdog(services)))
+        if settings.callback_allowed_hosts:  # job-end notifications (service/notify.py)
+            from app.notifier import notifier
+
+            tasks.append(asyncio.create_task(notifier(services)))
         try:
             yield
         finally:
@@ -113,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(slices.router)
     app.include_router(uploads.router)
+    app.include_router(events.router)
+    app.include_router(callbacks.router)
     app.include_router(health.router)
     if settings.cors_origins:
         app.add_middleware(
@@ -154,7 +160,8 @@ def _openapi(app: FastAPI) -> dict:
 
 #: Routes that need an API key once keys are configured (app/auth.py).
 KEYED_PATHS = ("/compress", "/decompress", "/jobs/{job_id}", "/jobs/{job_id}/result", "/jobs/{job_id}/slices",
-               "/jobs/{job_id}/slices/{z}", "/uploads", "/uploads/{upload_id}")
+               "/jobs/{job_id}/slices/{z}", "/uploads", "/uploads/{upload_id}",
+               "/jobs/{job_id}/events", "/callback")
 
 
 def _document_access(schema: dict) -> None:

@@ -63,6 +63,9 @@ class Job(BaseModel):
                                              "description, counts, dimensions).")
     transfer_syntax: str | None = Field(default=None, description="DICOM decompress jobs: the export syntax, if any.")
     result_deleted: bool = Field(default=False, description="The result was deleted (DELETE on a finished job).")
+    callback_url: str | None = Field(default=None, description="Receives a signed POST when the job ends.")
+    notifications: list[dict[str, Any]] | None = Field(
+        default=None, description="Deliveries of the job-end notification so far (at, attempt, delivered, outcome).")
 
 
 def _time(value: float | None) -> datetime | None:

@@ -65,6 +65,8 @@ FIELDS: dict[str, type] = {
     "files_verbatim": int,
     "series": list,
     "transfer_syntax": str,
+    "callback_url": str,
+    "notifications": list,
 }
 
 #: Duration histograms kept in Redis (seconds); buckets suit tiny to multi-GB jobs.
@@ -72,7 +74,8 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 
 
 # ARGV: new state, ttl, event channel, n, n allowed states, expires_at, then name/value pairs:
 # a name starting with '?' is a guard (the record's field must hold that value), others are
-# written. KEYS: job hash, stats hash, the index of running jobs (a sorted set).
+# written. KEYS: job hash, stats hash, the index of running jobs (a sorted set), the notification
+# schedule (a sorted set: a job that ends with a callback_url is due there at once).
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, ''} end
@@ -103,6 +106,13 @@ if id then
     redis.call('ZADD', KEYS[3], tonumber(t[1]), id)
   elseif cur == 'running' then
     redis.call('ZREM', KEYS[3], id)
+  end
+end
+if cur ~= ARGV[1] and (ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled') then
+  local callback = redis.call('HGET', KEYS[1], 'callback_url')
+  if callback and callback ~= '' and id then
+    local t = redis.call('TIME')
+    redis.call('ZADD', KEYS[4], tonumber(t[1]), id)  -- due now: service/notify.py delivers it
   end
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
@@ -149,6 +159,15 @@ class Keys:
     def running(self) -> str:
         """Sorted set of the ids of running jobs (the watchdog's work list)."""
         return f"{self.prefix}running"
+
+    @property
+    def notify(self) -> str:
+        """Sorted set of job ids whose end must be notified to their callback_url, by due time."""
+        return f"{self.prefix}notify"
+
+    def callback_default(self, owner: str) -> str:
+        """The owner's default callback_url (PUT /callback)."""
+        return f"{self.prefix}callback:{owner}"
 
     @property
     def epoch(self) -> str:
@@ -208,7 +227,7 @@ def _transition_args(
     for name, value in encode_fields(fields).items():
         flat += [name, value]
     args = [new_state, str(ttl), keys.events(job_id), str(len(allowed)), *allowed, str(time.time() + ttl), *flat]
-    return [keys.job(job_id), keys.stats, keys.running], args
+    return [keys.job(job_id), keys.stats, keys.running, keys.notify], args
 
 
 def _hist_commands(name: str, labels: str, value: float) -> list[tuple[str, str, float]]:

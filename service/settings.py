@@ -103,6 +103,31 @@ class Settings(BaseSettings):
         default=600, ge=0, description="How often the API deletes stored objects whose job expired (0: never)."
     )
 
+    callback_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names a job's callback_url may point at (`*.example.org` for a domain, "
+        "`*` for any); empty: callbacks are refused.",
+    )
+    callback_allow_private: bool = Field(
+        default=False,
+        description="Let callbacks reach loopback, private, link-local and other non-public addresses (every address "
+        "a callback host resolves to is checked).",
+    )
+    callback_secret: str | None = Field(
+        default=None,
+        description="HMAC-SHA256 key that signs callback POSTs (X-NVC-Signature over timestamp + body); unset: a "
+        "random key per process, which receivers cannot verify, so set it when callbacks are used.",
+    )
+    callback_max_attempts: int = Field(
+        default=6, ge=1, description="Deliveries of one job-end notification before it is given up.",
+    )
+    callback_retry_seconds: float = Field(
+        default=2.0, gt=0, description="Wait before the first redelivery of a refused notification; doubles each time.",
+    )
+    callback_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long one callback POST may take.",
+    )
+
     # --- workers --------------------------------------------------------------------------
     gpu_queue: str = Field(default="nvc.gpu", description="Celery queue consumed by GPU workers.")
     cpu_queue: str = Field(default="nvc.cpu", description="Celery queue consumed by CPU-only workers.")
@@ -133,7 +158,7 @@ class Settings(BaseSettings):
         description="How long a worker retries unreachable object storage before the job fails.",
     )
 
-    @field_validator("cors_origins", "api_keys", mode="before")
+    @field_validator("cors_origins", "api_keys", "callback_allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -18,6 +18,7 @@ from app.auth import current_owner
 from app.deps import Services, get_services
 from app.limits import ActiveJobs
 from app.problems import PROBLEM_MEDIA_TYPE, Problem
+from app.routes.callbacks import job_callback
 from app.routes.uploads import submit_uploaded
 from app.schemas import Job, OutputFormat, ProblemDetails, TransferSyntax, job_from_record
 from app.uploads import receive_upload, sniff_volume, stem_of
@@ -37,6 +38,11 @@ UploadIdQuery = Annotated[
     str | None,
     Query(description="Submit a finished direct upload (POST /uploads) instead of sending the file in the body.",
           pattern="^[0-9a-f]{32}$"),
+]
+CallbackQuery = Annotated[
+    str | None,
+    Query(description="URL that receives a signed POST when the job ends (default: the key's, PUT /callback).",
+          max_length=2048),
 ]
 Owner = Annotated[str, Depends(current_owner)]
 Svc = Annotated[Services, Depends(get_services)]
@@ -106,6 +112,7 @@ async def _submit(
     kind: str,
     idempotency_key: str | None,
     params: dict[str, str | None],
+    callback_url: str | None = None,
 ) -> Job:
     """Stream the upload into storage, then create and queue the job (the steps live in
     `service.submission`; this only adds the HTTP side: the upload and the answer)."""
@@ -133,6 +140,8 @@ async def _submit(
             output_name=f"{stem_of(filename)}.{job_params.output_format}", size=upload.size, sha256=upload.sha256,
             volume=upload.volume, idempotency_key=idempotency_key,
         )
+        if callback_url:
+            record["callback_url"] = callback_url
         await remember_epoch(services)
         await services.jobs.create(record)
     except BaseException:
@@ -192,15 +201,17 @@ async def compress(
         str | None, Query(description="Name of the uploaded file, for a raw-body upload.", max_length=255)
     ] = None,
     upload_id: UploadIdQuery = None,
+    callback_url: CallbackQuery = None,
 ) -> Job:
     """Upload a volume as multipart field `file` or as the raw body (or, with `upload_id`, submit a
     finished direct upload, POST /uploads); answers 202 with the job. A DICOM series is a zip or tar
     of its files (raw body or field `file`), one .dcm, or several `file` parts."""
     params = {"profile": profile, "filename": filename}
+    callback = await job_callback(services, owner, callback_url)
     if upload_id is not None:
         return await submit_uploaded(request, response, services, owner, "compress", upload_id, idempotency_key,
-                                     params)
-    return await _submit(request, response, services, owner, "compress", idempotency_key, params)
+                                     params, callback)
+    return await _submit(request, response, services, owner, "compress", idempotency_key, params, callback)
 
 
 @router.post(
@@ -231,15 +242,17 @@ async def decompress(
         Query(description="DICOM archives: export the coded series in this lossless transfer syntax instead of "
                           "restoring the original bytes."),
     ] = None,
+    callback_url: CallbackQuery = None,
 ) -> Job:
     """Upload an .nvc file as multipart field `file` or as the raw body (or, with `upload_id`, submit a
     finished direct upload, POST /uploads); answers 202 with the job. A DICOM archive's result is a
     zip of its files (byte for byte, or exported)."""
     params = {"format": format, "filename": filename, "transfer_syntax": transfer_syntax}
+    callback = await job_callback(services, owner, callback_url)
     if upload_id is not None:
         return await submit_uploaded(request, response, services, owner, "decompress", upload_id, idempotency_key,
-                                     params)
-    return await _submit(request, response, services, owner, "decompress", idempotency_key, params)
+                                     params, callback)
+    return await _submit(request, response, services, owner, "decompress", idempotency_key, params, callback)
 
 
 @router.get(

@@ -100,7 +100,7 @@ async def delete_upload(upload_id: UploadId, services: Svc, owner: Owner) -> Res
 
 async def submit_uploaded(
     request: Request, response: Response, services: Services, owner: str, kind: str, upload_id: str,
-    idempotency_key: str | None, params: dict[str, str | None],
+    idempotency_key: str | None, params: dict[str, str | None], callback_url: str | None = None,
 ) -> Job:
     """The job of a finished direct upload: same parameters, limits and idempotency as a
     streamed submission; the upload id becomes the job id."""
@@ -129,6 +129,8 @@ async def submit_uploaded(
             output_name=f"{stem_of(filename)}.{job_params.output_format}", size=session.size, sha256=None,
             volume=info, idempotency_key=idempotency_key,
         )
+        if callback_url:
+            record["callback_url"] = callback_url
         await remember_epoch(services)
         await services.jobs.create(record)
     except BaseException:
