@@ -261,6 +261,7 @@ def run_benchmark(
 
     runners = {c: reference_codec(c) for c in codecs}
     columns = [f"nvc_{p}" for p in profiles] + list(codecs)
+    env = environment()  # at the start: the date and load average the speeds were measured under
     warm_up(profiles)
     volumes = []
     for path in paths:
@@ -305,7 +306,8 @@ def run_benchmark(
         entry.update(best_other(entry, nvc_columns))
     return {
         "methodology": __doc__.split("Methodology", 1)[1].strip(),
-        "environment": environment(),
+        "environment": {**env, "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                        "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "columns": columns,
         "volumes": volumes,
         "mean_bits_per_voxel": mean,
@@ -393,7 +395,9 @@ def markdown(report: dict) -> str:
         f"Bits per voxel (lower is better){where}, every round trip verified bit-exactly; in brackets encode/decode speed in "
         f"MB/s of raw voxels. Measured {env['date']} on {env['platform']}, {env['cpu_count']} CPUs "
         f"(torch threads {env['torch_threads']}, CUDA {env['cuda']}, load average at start "
-        f"{', '.join(f'{x:.1f}' for x in env.get('load_average') or [])}); versions {env['versions']}.\n\n"
+        f"{', '.join(f'{x:.1f}' for x in env.get('load_average') or [])}"
+        + (f", at the end {', '.join(f'{x:.1f}' for x in env['load_average_end'])}" if env.get("load_average_end") else "")
+        + f"); versions {env['versions']}.\n\n"
     )
     return head + "\n".join(lines) + "\n"
 

@@ -93,8 +93,9 @@ def plot(report: dict, out: str | Path) -> Path:
     ax_speed.legend(handles, ["encode", "decode (hatched)"], fontsize=9, loc="lower right")
     env = report.get("environment") or {}
     load = ", ".join(f"{x:.1f}" for x in env.get("load_average") or [])
-    ax_speed.set_title(f"Speed on {env.get('cpu_count', '?')} CPUs (CUDA {env.get('cuda')}, load average at start "
-                       f"{load or '?'}; {env.get('date', '')})", fontsize=10)
+    end = ", ".join(f"{x:.1f}" for x in env.get("load_average_end") or [])
+    ax_speed.set_title(f"Speed on {env.get('cpu_count', '?')} CPUs (CUDA {env.get('cuda')}; load average at start "
+                       f"{load or '?'}{', at the end ' + end if end else ''}; {env.get('date', '')})", fontsize=10)
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
