@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from service.jobs import size_facts
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["compress", "decompress"]
 OutputFormat = Literal["nii.gz", "nii", "npy", "zip"]
@@ -44,6 +46,12 @@ class Job(BaseModel):
     output_sha256: str | None = Field(default=None, description="SHA-256 of the result bytes (also its ETag).")
     voxel_sha256: str | None = Field(default=None, description="SHA-256 of the voxels, as the codec reports it.")
     bits_per_voxel: float | None = Field(default=None, description="Size of the coded voxels in bits per voxel.")
+    raw_bytes: int | None = Field(default=None, description="Bytes of the voxels as stored integers (shape x dtype).")
+    ratio: float | None = Field(
+        default=None, description="raw_bytes / bytes of the .nvc (the result of a compress job, the upload of a "
+        "decompress job): the codec's compression ratio, as `nvc info` reports it.")
+    upload_ratio: float | None = Field(
+        default=None, description="Compress jobs: bytes of the uploaded file / bytes of the .nvc.")
     shape: list[int] | None = Field(default=None, description="Volume shape (NIfTI axis order).")
     dtype: str | None = Field(default=None, description="Voxel type, e.g. uint16.")
     created_at: datetime
@@ -68,12 +76,21 @@ class Job(BaseModel):
         default=None, description="Deliveries of the job-end notification so far (at, attempt, delivered, outcome).")
 
 
+class JobList(BaseModel):
+    """One page of the caller's jobs, newest first."""
+
+    jobs: list[Job]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last page.")
+
+
 def _time(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
 
 
 def job_from_record(record: dict[str, Any]) -> Job:
     data = {k: v for k, v in record.items() if k in Job.model_fields}
+    data.update(size_facts(record))
     for name in ("created_at", "started_at", "finished_at", "expires_at"):
         data[name] = _time(record.get(name))
     return Job(**data)

@@ -29,8 +29,6 @@ HEAD_BYTES = 352  # enough for a NIfTI-1 header + magic, a NIfTI-2 magic, an .np
 MAX_FIELD_BYTES = 64 * 1024
 FILE_FIELD = "file"
 
-_SUFFIXES = (".nii.gz", ".nii", ".npy", ".nvc", ".gz", ".zip", ".tar", ".dcm")
-
 
 @dataclass
 class Upload:
@@ -50,23 +48,6 @@ def sniff_volume(head: bytes) -> str | None:
     from codec.headers import sniff
 
     return {"gzip": "nii.gz", "nii": "nii", "npy": "npy"}.get(sniff(head) or "")
-
-
-def stem_of(filename: str | None, default: str = "volume") -> str:
-    """File name without directories and without a volume/.nvc suffix ('scan.nii.gz' -> 'scan')."""
-    if not filename:
-        return default
-    name = re.split(r"[\\/]", filename)[-1]
-    stripped = True
-    while stripped:  # "brain.nii.gz.nvc" -> "brain"
-        stripped = False
-        for suffix in _SUFFIXES:
-            if name.lower().endswith(suffix) and len(name) > len(suffix):
-                name = name[: -len(suffix)]
-                stripped = True
-                break
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or default
-    return name[:200]
 
 
 class _Sink:

@@ -232,12 +232,10 @@ def compress_files(files: list[InputFile], *, profile: str = "default", progress
 
 
 def default_archive_name(src: Path) -> Path:
-    """`DIR` -> `DIR.nvc`; `x.zip` / `x.tar.gz` -> `x.nvc`; `a.dcm` -> `a.dcm.nvc`."""
-    name = src.name.rstrip("/") or "series"
-    for suffix in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip"):
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return src.with_name(name[: -len(suffix)] + DEFAULT_SUFFIX)
-    return src.with_name(name + DEFAULT_SUFFIX)
+    """`DIR` -> `DIR.nvc`; `x.zip` / `x.tar.gz` -> `x.nvc`; `a.dcm` -> `a.dcm.nvc` (`codec.naming`)."""
+    from codec.naming import archive_name
+
+    return src.with_name(archive_name(src.name))
 
 
 def compress_dicom(src, dst=None, *, profile: str = "default", progress: Progress = None) -> Path:

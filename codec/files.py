@@ -35,10 +35,7 @@ import numpy as np
 from codec import api, headers
 from codec.api import codec_errors
 from codec.errors import FormatError, UnrecognisedInputError, UnsupportedInputError
-
-NVC_SUFFIX = ".nvc"
-#: Output formats, by file-name ending.
-FORMATS = {".nii.gz": "nii.gz", ".nii": "nii", ".npy": "npy"}
+from codec.naming import FORMATS, NVC_SUFFIX, compressed_name, decompressed_name  # noqa: F401  (re-exported)
 
 Progress = Callable[[float], None] | None
 
@@ -273,19 +270,12 @@ def compress_file(src, dst=None, *, profile: str = "default", progress: Progress
     """Compress a .nii / .nii.gz / .npy file to .nvc (default name: `src` + ".nvc"). Returns the output path."""
     src = Path(src)
     data = _encode_file(read_volume(src), profile, progress)
-    return write_bytes(Path(dst) if dst is not None else src.with_name(src.name + NVC_SUFFIX), data)
+    return write_bytes(Path(dst) if dst is not None else src.with_name(compressed_name(src.name)), data)
 
 
 def default_output(src: Path, source_kind: str | None) -> Path:
-    """`src` without ".nvc"; a known extension is added when what remains has none."""
-    name = src.name
-    if name.lower().endswith(NVC_SUFFIX) and len(name) > len(NVC_SUFFIX):
-        name = name[: -len(NVC_SUFFIX)]
-    else:
-        name = name + ".out"
-    if not any(name.lower().endswith(s) for s in FORMATS):
-        name += ".nii.gz" if source_kind in ("nifti1", "nifti2") else ".npy"
-    return src.with_name(name)
+    """Where `decompress_file` writes by default: the naming rule of `codec.naming`."""
+    return src.with_name(decompressed_name(src.name, from_nifti=source_kind in ("nifti1", "nifti2")))
 
 
 def _decoded_bytes(dec: api.Decoded, fmt_name: str) -> bytes:

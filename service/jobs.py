@@ -13,6 +13,7 @@ API: `AsyncJobStore`); the key layout and (de)serialisation live in module funct
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -151,6 +152,10 @@ class Keys:
     def idempotency(self, owner: str, key_digest: str) -> str:
         return f"{self.prefix}idem:{owner}:{key_digest}"
 
+    def owned(self, owner: str) -> str:
+        """Sorted set of the ids of an owner's jobs, scored by creation time (GET /jobs)."""
+        return f"{self.prefix}owned:{owner}"
+
     @property
     def stats(self) -> str:
         return f"{self.prefix}stats"
@@ -238,6 +243,73 @@ def _hist_commands(name: str, labels: str, value: float) -> list[tuple[str, str,
     return ops
 
 
+_INT_DTYPE = re.compile(r"^[<>=|]?u?int(8|16|32|64)$")
+
+
+def dtype_bytes(dtype: str | None) -> int | None:
+    """Bytes per voxel of an integer dtype name ("uint16", "int8", ...); None if unknown."""
+    match = _INT_DTYPE.match(dtype or "")
+    return int(match.group(1)) // 8 if match else None
+
+
+def size_facts(record: dict[str, Any]) -> dict[str, Any]:
+    """What a job's sizes mean, the same way everywhere (`nvc info`, the CLI, the SDK, the page):
+
+    - `raw_bytes`: the voxels as stored integers (shape x bytes per voxel);
+    - `ratio`: raw_bytes / the .nvc's bytes (the result of a compress job, the upload of a
+      decompress job), the codec's `compression_ratio`;
+    - `upload_ratio` (compress jobs): the uploaded file's bytes / the .nvc's bytes (a .nii.gz
+      upload is gzip-compressed already, so this is below `ratio`).
+    """
+    shape, itemsize = record.get("shape"), dtype_bytes(record.get("dtype"))
+    raw = None
+    if shape and itemsize:
+        raw = itemsize
+        for extent in shape:
+            raw *= int(extent)
+    compress = record.get("kind") == "compress"
+    nvc_size = record.get("output_size") if compress else record.get("input_size")
+    upload = record.get("input_size")
+    return {
+        "raw_bytes": raw,
+        "ratio": raw / nvc_size if raw and nvc_size else None,
+        "upload_ratio": upload / nvc_size if compress and upload and nvc_size else None,
+    }
+
+
+def _queue_create(pipe, keys: Keys, ttl: int, record: dict[str, Any]) -> None:
+    """The commands that create a job record (the same for the sync and the async store)."""
+    pipe.hset(keys.job(record["id"]), mapping=encode_fields(record))
+    pipe.expire(keys.job(record["id"]), ttl)
+    pipe.zadd(keys.owned(record["owner"]), {record["id"]: record["created_at"]})
+    # longer than any record it points to lives (a record's TTL restarts at each transition);
+    # ids of expired records are dropped when the index is read
+    pipe.expire(keys.owned(record["owner"]), 2 * ttl)
+    pipe.hincrby(keys.stats, "current:queued", 1)
+    pipe.hincrby(keys.stats, f"total:{record['kind']}:queued", 1)
+
+
+def encode_cursor(score: float, job_id: str) -> str:
+    """The opaque paging cursor of GET /jobs: the position just after (score, job id)."""
+    return f"{score!r}_{job_id}"
+
+
+def decode_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """(score, job id) of a cursor; ValueError for one that this service did not make."""
+    if not cursor:
+        return None
+    score, sep, job_id = cursor.partition("_")
+    if not sep or not re.fullmatch(r"[0-9a-f]{32}", job_id):
+        raise ValueError(f"not a cursor of this service: {cursor!r}")
+    return float(score), job_id
+
+
+def _before(job_id: str, score: float, after: tuple[float, str]) -> bool:
+    """True when (score, job_id) comes after the cursor in newest-first order (ZREVRANGE:
+    score descending, then member descending)."""
+    return score < after[0] or (score == after[0] and job_id < after[1])
+
+
 def new_record(
     job_id: str, kind: str, owner: str, ttl: int, **fields: Any
 ) -> dict[str, Any]:
@@ -274,10 +346,7 @@ class JobStore:
 
     def create(self, record: dict[str, Any]) -> None:
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.keys.job(record["id"]), mapping=encode_fields(record))
-        pipe.expire(self.keys.job(record["id"]), self.ttl)
-        pipe.hincrby(self.keys.stats, "current:queued", 1)
-        pipe.hincrby(self.keys.stats, f"total:{record['kind']}:queued", 1)
+        _queue_create(pipe, self.keys, self.ttl, record)
         pipe.execute()
 
     def transition(
@@ -329,11 +398,40 @@ class AsyncJobStore:
 
     async def create(self, record: dict[str, Any]) -> None:
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.keys.job(record["id"]), mapping=encode_fields(record))
-        pipe.expire(self.keys.job(record["id"]), self.ttl)
-        pipe.hincrby(self.keys.stats, "current:queued", 1)
-        pipe.hincrby(self.keys.stats, f"total:{record['kind']}:queued", 1)
+        _queue_create(pipe, self.keys, self.ttl, record)
         await pipe.execute()
+
+    async def list_owned(
+        self, owner: str, *, states: Iterable[str] = (), limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """An owner's jobs, newest first, `limit` at a time (only `states`, when given); returns
+        the page and the cursor of the next one (None: this was the last). Ids whose record
+        expired are dropped from the index on the way."""
+        wanted = set(states)
+        key = self.keys.owned(owner)
+        scan = decode_cursor(cursor)  # the last position looked at
+        last: tuple[float, str] | None = scan  # the last position returned
+        page: list[dict[str, Any]] = []
+        batch_size = 4 * limit + 1
+        while True:
+            top = "+inf" if scan is None else repr(scan[0])
+            batch = await self.r.zrevrangebyscore(key, top, "-inf", start=0, num=batch_size, withscores=True)
+            fresh = [(job_id, score) for job_id, score in batch if scan is None or _before(job_id, score, scan)]
+            if not fresh:
+                return page, None
+            records = [decode_record(await self.r.hgetall(self.keys.job(job_id))) for job_id, _ in fresh]
+            gone = [job_id for (job_id, _), record in zip(fresh, records) if record is None]
+            if gone:
+                await self.r.zrem(key, *gone)
+            for (job_id, score), record in zip(fresh, records):
+                if record is not None and (not wanted or record["state"] in wanted):
+                    if len(page) == limit:
+                        return page, encode_cursor(*last) if last else None
+                    page.append(record)
+                    last = (score, job_id)
+                scan = (score, job_id)
+            if len(batch) < batch_size:
+                return page, None
 
     async def transition(
         self, job_id: str, new_state: str, allowed: Iterable[str], guard: dict[str, Any] | None = None, **fields: Any

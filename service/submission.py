@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 
+from codec.naming import FORMATS, archive_name, compressed_name, decompressed_name
 from service.errors import queue_failed_message
 from service.jobs import ACTIVE_STATES, AsyncJobStore, new_record
 from service.problems import Problem
@@ -31,7 +32,7 @@ from service.settings import Settings
 from service.storage import job_prefix
 
 #: Output formats of a decompress job (a DICOM archive's is always "zip").
-OUTPUT_FORMATS = ("nii.gz", "nii", "npy")
+OUTPUT_FORMATS = tuple(FORMATS.values())
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -129,9 +130,29 @@ def job_parameters(kind: str, params: dict[str, str | None], upload_format: str 
     return JobParameters(output_format=output_format)
 
 
+def safe_file_name(filename: str | None, default: str) -> str:
+    """`filename` without folders, reduced to characters that are safe in a Content-Disposition
+    header and on any file system (`default` when nothing is left)."""
+    if not filename:
+        return default
+    name = re.split(r"[\\/]", filename)[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return name[:200] or default
+
+
+def output_name(kind: str, filename: str | None, input_format: str, output_format: str) -> str:
+    """The name a job's result downloads as: the naming rule of the CLI and the SDK
+    (`codec.naming`: ``scan.nii.gz`` -> ``scan.nii.gz.nvc`` -> ``scan.nii.gz``)."""
+    if input_format == "dicom":
+        return archive_name(safe_file_name(filename, "series"))
+    if kind == "compress":
+        return compressed_name(safe_file_name(filename, f"volume.{input_format}"))
+    return decompressed_name(safe_file_name(filename, "volume.nvc"), output_format)
+
+
 def build_record(
     job_id: str, kind: str, owner: str, settings: Settings, params: JobParameters, *, filename: str | None,
-    output_name: str, size: int, sha256: str, volume: Any, idempotency_key: str | None,
+    size: int, sha256: str, volume: Any, idempotency_key: str | None,
 ) -> dict[str, Any]:
     """The record of an accepted upload (`volume`: the header facts the upload check learned)."""
     extra = {"profile": params.profile} if params.profile is not None else {}
@@ -139,15 +160,16 @@ def build_record(
         extra["transfer_syntax"] = params.transfer_syntax
     if getattr(volume, "files", None) is not None:  # a DICOM upload (service/validate_dicom.py)
         extra["files"] = volume.files
+    input_format = volume.format if kind == "compress" or volume.format == "nvc-dicom" else "nvc"
     return new_record(
         job_id, kind, owner, settings.job_ttl_seconds,
         input_name=filename,
-        input_format=volume.format if kind == "compress" or volume.format == "nvc-dicom" else "nvc",
+        input_format=input_format,
         input_key=input_key(job_id),
         input_size=size,
         input_sha256=sha256,
         output_format=params.output_format,
-        output_name=output_name,
+        output_name=output_name(kind, filename, input_format, params.output_format),
         queue=settings.resolved_submit_queue,
         idempotency_key=idempotency_key,
         shape=list(volume.shape) if volume.shape is not None else None,

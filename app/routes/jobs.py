@@ -20,8 +20,8 @@ from app.limits import ActiveJobs
 from app.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.routes.callbacks import job_callback
 from app.routes.uploads import submit_uploaded
-from app.schemas import Job, OutputFormat, ProblemDetails, TransferSyntax, job_from_record
-from app.uploads import receive_upload, sniff_volume, stem_of
+from app.schemas import Job, JobList, JobState, OutputFormat, ProblemDetails, TransferSyntax, job_from_record
+from app.uploads import receive_upload, sniff_volume
 from app.watchdog import remember_epoch, store_was_reset
 from service.jobs import ACTIVE_STATES, TERMINAL_STATES
 from service.storage import ObjectNotFound, job_prefix
@@ -136,8 +136,7 @@ async def _submit(
         filename = merged.pop("filename", None) or upload.filename
         job_params = job_parameters(kind, merged, getattr(upload.volume, "format", None))
         record = build_record(
-            job_id, kind, owner, settings, job_params, filename=filename,
-            output_name=f"{stem_of(filename)}.{job_params.output_format}", size=upload.size, sha256=upload.sha256,
+            job_id, kind, owner, settings, job_params, filename=filename, size=upload.size, sha256=upload.sha256,
             volume=upload.volume, idempotency_key=idempotency_key,
         )
         if callback_url:
@@ -253,6 +252,28 @@ async def decompress(
         return await submit_uploaded(request, response, services, owner, "decompress", upload_id, idempotency_key,
                                      params, callback)
     return await _submit(request, response, services, owner, "decompress", idempotency_key, params, callback)
+
+
+@router.get(
+    "/jobs",
+    response_model=JobList,
+    summary="The caller's jobs, newest first, a page at a time",
+    responses=_problem_responses(401, 422, *COMMON_PROBLEMS),
+)
+async def list_jobs(
+    services: Svc,
+    owner: Owner,
+    state: Annotated[list[JobState] | None, Query(description="Only jobs in these states (repeatable).")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
+    cursor: Annotated[str | None, Query(max_length=100, description="`next_cursor` of the previous page.")] = None,
+) -> JobList:
+    """Jobs this API key (or, with no keys configured, anyone) submitted and whose records have
+    not expired, newest first; `next_cursor` pages on."""
+    try:
+        records, next_cursor = await services.jobs.list_owned(owner, states=state or (), limit=limit, cursor=cursor)
+    except ValueError as exc:
+        raise Problem(422, str(exc), slug="invalid-request") from None
+    return JobList(jobs=[job_from_record(r) for r in records], next_cursor=next_cursor)
 
 
 @router.get(

@@ -18,7 +18,6 @@ from app.deps import Services, get_services
 from app.limits import ActiveJobs
 from app.problems import PROBLEM_MEDIA_TYPE
 from app.schemas import Job, ProblemDetails, job_from_record
-from app.uploads import stem_of
 from app.watchdog import remember_epoch
 from service.direct_upload import DirectUploads
 from service.submission import IdempotencyClaim, build_record, enqueue, job_parameters
@@ -125,8 +124,7 @@ async def submit_uploaded(
         session, info = await uploads.finish(owner, upload_id)
         filename = params.get("filename") or session.filename
         record = build_record(
-            upload_id, kind, owner, settings, job_params, filename=filename,
-            output_name=f"{stem_of(filename)}.{job_params.output_format}", size=session.size, sha256=None,
+            upload_id, kind, owner, settings, job_params, filename=filename, size=session.size, sha256=None,
             volume=info, idempotency_key=idempotency_key,
         )
         if callback_url:

@@ -17,7 +17,6 @@
   const COMPRESS_RE = /\.(nii|nii\.gz|npy)$/i;
   const DECOMPRESS_RE = /\.nvc$/i;
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-  const DTYPE_BYTES = { uint8: 1, int8: 1, uint16: 2, int16: 2, uint32: 4, int32: 4, float32: 4 };
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -247,7 +246,7 @@
     el.jobText.textContent = `${Math.round((job.progress || 0) * 100)} %`;
     const words = {
       queued: "Queued: waiting for a worker…",
-      running: `Running on ${job.worker || "a worker"}…`,
+      running: "Running…",
       succeeded: "Done.",
       failed: `Failed: ${job.error || "no reason given"}`,
       cancelled: "Cancelled.",
@@ -255,17 +254,12 @@
     setStatus(words[job.state] || job.state);
   }
 
-  function rawBytes(job) {
-    if (!job.shape || !job.dtype) return null;
-    return job.shape.reduce((a, b) => a * b, 1) * (DTYPE_BYTES[job.dtype] || 2);
-  }
-
+  // One meaning of "ratio" everywhere: the server's `ratio` is raw voxel bytes / .nvc bytes
+  // (as `nvc info` reports it); `upload_ratio` is the uploaded file / .nvc.
   function ratioText(job) {
-    if (!job.input_size || !job.output_size) return "—";
-    if (job.kind === "decompress") return `${(job.output_size / job.input_size).toFixed(2)} : 1 (expanded)`;
-    let text = `${(job.input_size / job.output_size).toFixed(2)} : 1 vs the upload`;
-    const raw = rawBytes(job);
-    if (raw) text += `, ${(raw / job.output_size).toFixed(2)} : 1 vs the raw voxels`;
+    if (job.ratio == null) return "—";
+    let text = `${job.ratio.toFixed(2)} : 1 vs the raw voxels`;
+    if (job.upload_ratio != null) text += `, ${job.upload_ratio.toFixed(2)} : 1 vs the upload`;
     return text;
   }
 
@@ -400,9 +394,7 @@
       cell(row, job.input_name || job.id);
       cell(row, job.kind || "");
       cell(row, job.state || "");
-      const ratio = job.state === "succeeded" && job.input_size && job.output_size
-        ? (job.kind === "decompress" ? job.output_size / job.input_size : job.input_size / job.output_size) : null;
-      cell(row, ratio ? `${ratio.toFixed(2)}×` : "");
+      cell(row, job.state === "succeeded" && job.ratio != null ? `${job.ratio.toFixed(2)}×` : "");
       cell(row, job.bits_per_voxel != null ? job.bits_per_voxel.toFixed(3) : "");
       cell(row, isoTime(job.created_at));
       const last = cell(row, "");

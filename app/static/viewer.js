@@ -14,7 +14,6 @@
 "use strict";
 
 (function () {
-  const DTYPE_BYTES = { uint8: 1, int8: 1, uint16: 2, int16: 2, uint32: 4, int32: 4, float32: 4 };
   const WINDOW_WORDS = {
     auto: "automatic (0.5–99.5th percentile)", lung: "CT lung", soft_tissue: "CT soft tissue",
     bone: "CT bone", brain: "CT brain",
@@ -142,7 +141,7 @@
   }
 
   function showSizes(j) {
-    const raw = j.shape && j.dtype ? j.shape.reduce((a, b) => a * b, 1) * (DTYPE_BYTES[j.dtype] || 2) : null;
+    const raw = j.raw_bytes;  // the server's: shape x bytes per voxel
     const bars = [["Upload", j.input_size], [".nvc", j.output_size], ["Raw voxels", raw]].filter(([, v]) => v);
     const most = Math.max(...bars.map(([, v]) => v));
     el.sizes.textContent = "";

@@ -223,14 +223,15 @@ def cmd_compress_dicom(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from codec.files import NVC_SUFFIX, compress_bytes
+    from codec.files import compress_bytes
+    from codec.naming import compressed_name
     from nvc.cli import CLIError
 
     if args.input != "-" and _is_dicom_input(args.input):
         return cmd_compress_dicom(args)
     out = args.output
     if out is None:
-        out = "-" if args.input == "-" else args.input + NVC_SUFFIX
+        out = "-" if args.input == "-" else str(Path(args.input).with_name(compressed_name(args.input)))
     if out != "-":
         _check_output(Path(out), args.force, args.input)
     elif sys.stdout.isatty():

@@ -30,18 +30,6 @@ from typing import Any, TextIO
 MANIFEST = ".nvc-remote.json"
 COMPRESS_SUFFIXES = (".nii.gz", ".nii", ".npy")
 DECOMPRESS_SUFFIXES = (".nvc",)
-DTYPE_BYTES = {
-    "uint8": 1,
-    "int8": 1,
-    "uint16": 2,
-    "int16": 2,
-    "uint32": 4,
-    "int32": 4,
-    "float32": 4,
-    "uint64": 8,
-    "int64": 8,
-    "float64": 8,
-}
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -199,7 +187,7 @@ def plan(paths: list[str], action: str, output_dir: Path | None, fmt: str) -> li
                 print(f"nvc remote: no {'/'.join(suffixes)} files under {root}", file=sys.stderr)
             for path in found:
                 rel = path.relative_to(root).parent
-                folder = (output_dir / root.name / rel) if output_dir is not None else path.parent
+                folder = (output_dir / rel) if output_dir is not None else path.parent  # the layout under ROOT
                 items.append(Item(path, folder / _out_name(path.name, action, fmt), path.stat().st_size))
         elif root.is_file():
             if not _matches(root, suffixes):
@@ -388,10 +376,10 @@ def summarize(action: str, results: list[Any], skipped: list[Item], wall: float)
     coded_bits = 0.0
     for r in ok:
         job = r.job
-        if job is None or job.voxels is None:
+        if job is None or job.voxels is None or job.raw_bytes is None:
             continue
         voxels += job.voxels
-        raw += job.voxels * DTYPE_BYTES.get(job.dtype or "", 2)
+        raw += job.raw_bytes
         nvc_bytes = r.output_bytes if action == "compress" else r.input_bytes
         coded_bits += (job.bits_per_voxel * job.voxels) if job.bits_per_voxel is not None else nvc_bytes * 8
     nvc_total = bytes_out if action == "compress" else bytes_in
@@ -403,11 +391,11 @@ def summarize(action: str, results: list[Any], skipped: list[Item], wall: float)
         "skipped": len(skipped),
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
-        "ratio": (bytes_in / bytes_out)
-        if bytes_out and action == "compress"
-        else ((bytes_out / bytes_in) if bytes_in else None),
+        # one meaning of "ratio" everywhere: raw voxel bytes / .nvc bytes (as `nvc info`)
+        "ratio": (raw / nvc_total) if raw and nvc_total else None,
         "raw_voxel_bytes": raw,
-        "raw_ratio": (raw / nvc_total) if raw and nvc_total else None,
+        # compress: the input files' bytes / the .nvc bytes
+        "upload_ratio": (bytes_in / bytes_out) if bytes_out and action == "compress" else None,
         "bits_per_voxel": (coded_bits / voxels) if voxels else None,
         "wall_seconds": wall,
         "throughput_mb_s": (bytes_in / 1e6 / wall) if wall > 0 else None,
@@ -440,8 +428,9 @@ def print_summary(summary: dict[str, Any], stream: TextIO) -> None:
     head = f"nvc remote {s['action']}: {s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped (already done)"
     print(head + f"; {s['files']} files in {s['wall_seconds']:.1f} s", file=stream)
     if s["ok"]:
-        ratio = f"ratio {s['ratio']:.3f}" if s["ratio"] else "ratio n/a"
-        raw = f", {s['raw_ratio']:.3f} vs raw voxels ({_mb(s['raw_voxel_bytes'])})" if s["raw_ratio"] else ""
+        ratio = (f"ratio {s['ratio']:.3f} (raw voxels {_mb(s['raw_voxel_bytes'])} / .nvc)" if s["ratio"]
+                 else "ratio n/a")
+        raw = f", {s['upload_ratio']:.3f} input files / .nvc" if s["upload_ratio"] else ""
         bpv = f"{s['bits_per_voxel']:.3f}" if s["bits_per_voxel"] is not None else "n/a"
         print(f"  in {_mb(s['bytes_in'])} -> out {_mb(s['bytes_out'])}; {ratio}{raw}; bits/voxel {bpv}", file=stream)
         speed = f"{s['throughput_mb_s']:.2f} MB/s of input files"
@@ -526,8 +515,7 @@ def run(args: argparse.Namespace) -> int:
                         "finished": time.time(),
                     },
                 )
-                size_ratio = job.ratio if job is not None else None  # compress: in/out; decompress: out/in
-                ratio = f"{size_ratio:.2f}x" if size_ratio else ""
+                ratio = f"ratio {job.ratio:.2f}" if job is not None and job.ratio else ""  # raw voxels / .nvc
                 bpv = f"{job.bits_per_voxel:.3f} bpv" if job and job.bits_per_voxel is not None else ""
                 progress.line(
                     f"ok   {result.source} -> {result.output}  {_mb(result.input_bytes)} -> "

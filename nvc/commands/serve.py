@@ -165,10 +165,21 @@ def start_redis(folder: Path, *, persist: bool = True, timeout: float = 15.0) ->
     return proc, url
 
 
-def worker_command(name: str, queues: list[str], log_level: str = "info") -> list[str]:
-    """The Celery command of one worker process (concurrency 1, prefetch 1)."""
+#: `nvc serve` is a one-command local stack: its worker shows no Celery start-up banner and no
+#: warning about running as root (a developer's container often is root; deployed workers run
+#: `nvc worker`, which keeps both, and the image runs as an unprivileged user).
+QUIET_WORKER_WARNINGS = "ignore:You're running the worker with superuser privileges"
+
+
+def quiet_worker_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the root warning of Celery filtered (any PYTHONWARNINGS of the user kept)."""
+    return {**env, "PYTHONWARNINGS": ",".join(filter(None, (env.get("PYTHONWARNINGS"), QUIET_WORKER_WARNINGS)))}
+
+
+def worker_command(name: str, queues: list[str], log_level: str = "info", *, quiet: bool = False) -> list[str]:
+    """The Celery command of one worker process (concurrency 1, prefetch 1); `quiet`: no banner."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", *(["--quiet"] if quiet else []), "worker",
         "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
         "--queues", ",".join(queues), "--hostname", name, "--loglevel", log_level.upper(),
         "--without-gossip", "--without-mingle", "--without-heartbeat",
@@ -426,7 +437,8 @@ def serve(args: argparse.Namespace) -> int:
         settings = _settings()
         plan = plan_workers(settings, cpu=False, gpus=1, processes=1, queues=None)
         name, queues, extra = plan[0]
-        supervisor = Supervisor([(worker_command(name, queues, args.log_level), {**os.environ, **extra})])
+        supervisor = Supervisor([(worker_command(name, queues, args.log_level, quiet=True),
+                                  quiet_worker_env({**os.environ, **extra}))])
         supervisor.start()
         storage = (
             f"local folder {settings.resolved_storage_dir.resolve()}"

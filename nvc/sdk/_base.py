@@ -28,8 +28,6 @@ USER_AGENT = f"nvc-sdk/{__version__}"
 
 #: Output formats ``POST /decompress`` can produce.
 DECOMPRESS_FORMATS = ("nii.gz", "nii", "npy")
-#: Inputs ``POST /compress`` accepts (by file name).
-COMPRESS_SUFFIXES = (".nii.gz", ".nii", ".npy")
 
 
 class UploadSource:
@@ -190,22 +188,19 @@ def decompress_params(fmt: str | None) -> dict[str, str]:
     return {"format": fmt} if fmt else {}
 
 
-def strip_suffix(name: str, suffixes: tuple[str, ...]) -> str:
-    lower = name.lower()
-    for suffix in suffixes:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
 def compressed_name(source_name: str) -> str:
-    """``scan.nii.gz`` -> ``scan.nvc``."""
-    return strip_suffix(source_name, COMPRESS_SUFFIXES) + ".nvc"
+    """``scan.nii.gz`` -> ``scan.nii.gz.nvc``: the one naming rule (``codec.naming``, which is
+    pure string rules: importing it loads none of the codec's engine)."""
+    from codec.naming import compressed_name as rule
+
+    return rule(source_name)
 
 
 def decompressed_name(source_name: str, fmt: str = "nii.gz") -> str:
-    """``scan.nvc`` -> ``scan.nii.gz`` (or ``.nii``/``.npy``)."""
-    return strip_suffix(source_name, (".nvc",)) + "." + fmt
+    """``scan.nii.gz.nvc`` -> ``scan.nii.gz`` (or ``scan.nii``/``scan.npy``), by ``codec.naming``."""
+    from codec.naming import decompressed_name as rule
+
+    return rule(source_name, fmt)
 
 
 def filename_from_disposition(value: str | None) -> str | None:

@@ -208,8 +208,8 @@ async def run_async(plan: Plan[T]) -> T:
 
 #: Public operations: ``ClientCore.plan_<name>`` becomes ``<name>`` on both shells.
 OPERATIONS = (
-    "health", "ready", "compress", "decompress", "get_job", "cancel", "wait", "download", "result_bytes",
-    "slice", "slice_range",
+    "health", "ready", "compress", "decompress", "get_job", "list_jobs", "cancel", "wait", "download",
+    "result_bytes", "slice", "slice_range",
 )
 
 
@@ -469,6 +469,20 @@ class ClientCore:
         params = {"wait": f"{wait:.3f}"} if wait > 0 else None
         return _base.parse_job((yield from self.plan_send("GET", f"/jobs/{_base.job_id(job)}", params=params)))
 
+    def plan_list_jobs(
+        self, *, state: str | Iterable[str] | None = None, limit: int = 20, cursor: str | None = None
+    ) -> Plan[tuple[list[Job], str | None]]:
+        """``GET /jobs``: one page of this key's jobs, newest first (only those in ``state``,
+        one state or several); returns (jobs, cursor of the next page or None)."""
+        states = [state] if isinstance(state, str) else list(state or [])
+        params: list[tuple[str, str]] = [("limit", str(limit)), *(("state", s) for s in states)]
+        if cursor:
+            params.append(("cursor", cursor))
+        response = yield from self.plan_send("GET", "/jobs", params=params)  # type: ignore[arg-type]
+        _base.raise_for_response(response)
+        body = response.json()
+        return [Job.model_validate(job) for job in body["jobs"]], body.get("next_cursor")
+
     def plan_cancel(self, job: Job | str) -> Plan[Job]:
         """``DELETE /jobs/{id}``: cancel a queued or running job; returns its state afterwards."""
         response = yield from self.plan_send("DELETE", f"/jobs/{_base.job_id(job)}")
@@ -707,7 +721,8 @@ class ClientCore:
 
         Files are streamed from disk; while one file uploads another's result downloads. Each
         result is verified (see ``nvc.sdk.verify``) before it counts as ok. Outputs go to
-        ``output_for(path)`` if given, else ``dest_dir/<name>.nvc``, else next to the input.
+        ``output_for(path)`` if given, else ``dest_dir/<input name>.nvc``, else next to the input
+        (naming rule: ``codec.naming``).
         ``timeout`` bounds the wait for each job.
         """
         plan = plan_compress(paths, dest_dir=dest_dir, output_for=output_for)

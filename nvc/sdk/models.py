@@ -51,6 +51,12 @@ class Job(BaseModel):
     bits_per_voxel: float | None = None
     shape: list[int] | None = None
     dtype: str | None = None
+    #: Voxels as stored integers, in bytes (shape x dtype).
+    raw_bytes: int | None = None
+    #: raw_bytes / the .nvc's bytes: the codec's compression ratio, as ``nvc info`` reports it.
+    ratio: float | None = None
+    #: Compress jobs: the uploaded file's bytes / the .nvc's bytes.
+    upload_ratio: float | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -84,14 +90,6 @@ class Job(BaseModel):
             count *= int(extent)
         return count
 
-    @property
-    def ratio(self) -> float | None:
-        """Size ratio: input/output for compress jobs, output/input for decompress jobs (both >1 usually)."""
-        if not (self.input_size and self.output_size):
-            return None
-        if self.kind == "decompress":
-            return self.output_size / self.input_size
-        return self.input_size / self.output_size
 
 
 class Problem(BaseModel):
@@ -144,7 +142,13 @@ class BatchResult(BaseModel):
 
     @property
     def ratio(self) -> float | None:
-        if self.input_bytes and self.output_bytes:
+        """The job's ``ratio``: raw voxel bytes / .nvc bytes."""
+        return self.job.ratio if self.job is not None else None
+
+    @property
+    def upload_ratio(self) -> float | None:
+        """Compress: this input file's bytes / the .nvc's bytes."""
+        if self.job is not None and self.job.kind == "compress" and self.input_bytes and self.output_bytes:
             return self.input_bytes / self.output_bytes
         return None
 

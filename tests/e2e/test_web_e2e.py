@@ -91,9 +91,12 @@ def test_compress_a_real_volume_in_the_browser_and_download_it(page, live, tmp_p
     bpv = float(page.locator("#result-bpv").inner_text())
     assert ": 1 vs the upload" in ratio and "vs the raw voxels" in ratio
     assert 0 < bpv < 16
+    import socket
+
+    assert socket.gethostname() not in page.locator("body").inner_text()  # no worker host names on the page
 
     with page.expect_download(timeout=60_000) as info:
-        page.get_by_role("link", name="Download mr_phantom_t1_3d_lowres.nvc", exact=True).click()
+        page.get_by_role("link", name="Download mr_phantom_t1_3d_lowres.nii.gz.nvc", exact=True).click()
     download = info.value
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "web-e2e.png"
@@ -102,7 +105,7 @@ def test_compress_a_real_volume_in_the_browser_and_download_it(page, live, tmp_p
     assert shot.stat().st_size > 10_000
     saved = tmp_path / download.suggested_filename
     download.save_as(saved)
-    assert saved.name == "mr_phantom_t1_3d_lowres.nvc"
+    assert saved.name == "mr_phantom_t1_3d_lowres.nii.gz.nvc"
 
     # the file checks out against the job record and decodes to the source voxels
     job_id = page.locator("#download").get_attribute("data-job-id")

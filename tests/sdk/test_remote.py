@@ -65,9 +65,9 @@ def test_walks_directories_keeps_the_layout_and_skips_what_is_done(server, tmp_p
     assert code == 0, err
     assert summary["ok"] == 3 and summary["failed"] == 0 and summary["skipped"] == 0
     expected = {
-        "archive/a.nvc": "a.nii.gz",
-        "archive/sub/b.nvc": "sub/b.nii",
-        "archive/sub/deeper/c.nvc": "sub/deeper/c.npy",
+        "a.nii.gz.nvc": "a.nii.gz",  # the layout under the input folder, not nested in its name
+        "sub/b.nii.nvc": "sub/b.nii",
+        "sub/deeper/c.npy.nvc": "sub/deeper/c.npy",
     }
     for result_path, source in expected.items():
         assert (out / result_path).read_bytes() == transform((archive / source).read_bytes())
@@ -83,10 +83,10 @@ def test_walks_directories_keeps_the_layout_and_skips_what_is_done(server, tmp_p
 
     # a changed input, a damaged output and a changed option are redone; the rest is skipped
     (archive / "a.nii.gz").write_bytes(b"a" * 70_000)
-    (out / "archive/sub/b.nvc").write_bytes(b"damaged")
+    (out / "sub/b.nii.nvc").write_bytes(b"damaged")
     code, summary, err = run_cli(args, capsys)
     assert code == 0 and summary["ok"] == 2 and summary["skipped"] == 1 and len(server.jobs) == 5
-    assert (out / "archive/a.nvc").read_bytes() == transform(b"a" * 70_000)
+    assert (out / "a.nii.gz.nvc").read_bytes() == transform(b"a" * 70_000)
     code, summary, _ = run_cli(args + ["--profile", "gpu"], capsys)
     assert summary["ok"] == 3 and {j["profile"] for j in list(server.jobs.values())[-3:]} == {"gpu"}
 
@@ -104,7 +104,7 @@ def test_failures_are_named_with_their_reason_and_the_exit_status_is_1(server, t
     assert summary["failures"] == [{"path": str(broken), "error": summary["failures"][0]["error"]}]
     assert "bad header" in summary["failures"][0]["error"]
     assert f"FAILED {broken}: " in err and "bad header" in err
-    assert (tmp_path / "good.nvc").is_file() and not (tmp_path / "broken.nvc").exists()
+    assert (tmp_path / "good.nii.gz.nvc").is_file() and not (tmp_path / "broken.nii.gz.nvc").exists()
 
 
 def test_decompress_writes_the_chosen_format_next_to_the_inputs(server, tmp_path, capsys):
@@ -134,10 +134,13 @@ def test_decompress_writes_the_chosen_format_next_to_the_inputs(server, tmp_path
 
 
 def test_bad_arguments_fail_before_anything_is_sent(server, tmp_path, capsys):
-    (tmp_path / "a.nii").write_bytes(b"1" * 100)
-    (tmp_path / "a.nii.gz").write_bytes(b"2" * 100)
-    assert main(["remote", "compress", str(tmp_path), "--server", server.url]) == 1
+    for folder in ("x", "y"):  # the same layout under two input folders, one -o: outputs would clash
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.nii").write_bytes(b"1" * 100)
+    args = ["remote", "compress", str(tmp_path / "x"), str(tmp_path / "y"), "-o", str(tmp_path / "out")]
+    assert main([*args, "--server", server.url]) == 1
     assert "would both be written to" in capsys.readouterr().err
+    (tmp_path / "a.nii").write_bytes(b"1" * 100)
     assert main(["remote", "compress", str(tmp_path / "missing"), "--server", server.url]) == 1
     assert "no such file or directory" in capsys.readouterr().err
     assert main(["remote", "compress", str(tmp_path / "a.nii"), "--server", server.url, "-j", "0"]) == 1
@@ -160,7 +163,10 @@ def test_an_unreachable_server_fails_every_file_with_the_reason(tmp_path, capsys
 
 BLOCKER = """
 import sys, importlib.abc
-BLOCKED = {"torch", "numpy", "codec", "nibabel", "fastapi", "starlette", "celery", "redis", "app", "worker"}
+# A client-only install: the nvc distribution's packages are there (codec/naming.py, the pure
+# naming rule, included) but none of the codec's or the server's dependencies.
+BLOCKED = {"torch", "numpy", "nibabel", "constriction", "fastapi", "starlette", "celery", "redis", "app", "worker",
+           "service"}
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name.split(".")[0] in BLOCKED:

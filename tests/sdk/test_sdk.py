@@ -255,7 +255,7 @@ def test_compress_many_yields_in_completion_order_and_reports_failures(server, t
     assert results[-1].source.name == "slow.nii.gz"  # submitted first, finished last
     by_name = {r.source.name: r for r in results}
     assert not by_name["broken.nii.gz"].ok and "bad header" in by_name["broken.nii.gz"].error
-    for name, out in [("a.nii.gz", "a.nvc"), ("b.npy", "b.nvc"), ("c.nii", "c.nvc"), ("slow.nii.gz", "slow.nvc")]:
+    for name, out in [("a.nii.gz", "a.nii.gz.nvc"), ("b.npy", "b.npy.nvc"), ("c.nii", "c.nii.nvc"), ("slow.nii.gz", "slow.nii.gz.nvc")]:
         result = by_name[name]
         assert result.ok and result.verified == "sha256", result.error
         assert result.output == tmp_path / "out" / out
@@ -273,7 +273,7 @@ def test_a_result_whose_hash_does_not_match_fails_and_is_not_kept(server, tmp_pa
     with Client(server.url, retry=FAST, poll_interval=0.01) as client:
         (result,) = client.compress_many(paths, dest_dir=tmp_path / "out", verify="sha256")
     assert not result.ok and "SHA-256" in result.error
-    assert not (tmp_path / "out" / "a.nvc").exists()
+    assert not (tmp_path / "out" / "a.nii.gz.nvc").exists()
 
 
 def test_abandoning_a_batch_cancels_the_jobs_in_flight(server, tmp_path):
@@ -361,11 +361,15 @@ def test_job_model_accepts_the_services_schema_and_unknown_fields():
             "input_size": 1000,
             "output_size": 250,
             "shape": [4, 5, 6],
+            "dtype": "uint16",
+            "raw_bytes": 240,
+            "ratio": 0.96,
+            "upload_ratio": 4.0,
             "created_at": "2025-01-01T00:00:00Z",
             "new_field": 1,
         }
     )
-    assert job.ratio == 4.0 and job.voxels == 120 and job.done and job.new_field == 1
+    assert job.ratio == 0.96 and job.upload_ratio == 4.0 and job.voxels == 120 and job.done and job.new_field == 1
 
 
 def test_sdk_models_match_the_services_openapi_schema():

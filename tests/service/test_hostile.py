@@ -124,8 +124,9 @@ def test_an_accepted_upload_records_what_its_header_declares(client, small_volum
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("../../etc/passwd", "passwd.nvc"), ("..\\..\\windows\\scan.nii.gz", "scan.nvc"), ("/abs/brain.npy", "brain.nvc"),
-    ("a\x00b.nii", "a_00b.nvc"), ("..", "volume.nvc"), ("x;rm -rf /.nii", "nii.nvc"), ("$(reboot).npy", "reboot.nvc"),
+    ("../../etc/passwd", "passwd.nvc"), ("..\\..\\windows\\scan.nii.gz", "scan.nii.gz.nvc"),
+    ("/abs/brain.npy", "brain.npy.nvc"), ("a\x00b.nii", "a_00b.nii.nvc"), ("..", "volume.npy.nvc"),
+    ("x;rm -rf /.nii", "nii.nvc"), ("$(reboot).npy", "reboot_.npy.nvc"),
 ])
 def test_file_names_never_become_paths(client, service_settings, small_volume, name, expected):
     answer = client.post("/compress", files={"file": (name, npy_bytes(small_volume))})

@@ -102,7 +102,7 @@ def test_compress_multipart_creates_a_queued_job(client, service_settings, sync_
     assert job["input_size"] == len(payload)
     assert job["input_sha256"] == hashlib.sha256(payload).hexdigest()
     assert job["input_format"] == "npy" and job["input_name"] == "knee.npy"
-    assert job["output_name"] == "knee.nvc" and job["output_format"] == "nvc"
+    assert job["output_name"] == "knee.npy.nvc" and job["output_format"] == "nvc"
     assert job["created_at"] and job["started_at"] is None and job["error"] is None
     # the upload is in storage, byte for byte
     stored = service_settings.resolved_storage_dir / "jobs" / job["id"] / "input"
@@ -119,13 +119,13 @@ def test_compress_raw_body_nifti_gz(client, small_volume):
                          headers={"content-type": "application/octet-stream"})
     assert answer.status_code == 202, answer.text
     job = answer.json()
-    assert job["input_format"] == "nii.gz" and job["output_name"] == "scan.nvc" and job["profile"] == "default"
+    assert job["input_format"] == "nii.gz" and job["output_name"] == "scan.nii.gz.nvc" and job["profile"] == "default"
 
 
 def test_compress_raw_nii_is_sniffed(client, small_volume):
     answer = client.post("/compress", content=nifti1_bytes(small_volume))
     assert answer.status_code == 202, answer.text
-    assert answer.json()["input_format"] == "nii" and answer.json()["output_name"] == "volume.nvc"
+    assert answer.json()["input_format"] == "nii" and answer.json()["output_name"] == "volume.nii.nvc"
 
 
 def test_form_fields_after_the_file_are_read(client, small_volume):
@@ -261,7 +261,7 @@ def test_delete_of_a_succeeded_job_removes_its_result(client, service_settings, 
                      output_key=f"jobs/{job['id']}/output.nvc", output_size=5)
     download = client.get(f"/jobs/{job['id']}/result")
     assert download.status_code == 200 and download.content == b"coded"
-    assert 'filename="volume.nvc"' in download.headers["content-disposition"]
+    assert 'filename="volume.npy.nvc"' in download.headers["content-disposition"]
     deleted = client.delete(f"/jobs/{job['id']}").json()
     assert deleted["state"] == "succeeded" and deleted["result_deleted"] is True
     assert not out.exists()

@@ -71,7 +71,7 @@ def test_real_volume_round_trip_through_the_api(service_settings, make_stack, re
         assert job["worker"].startswith("test@") and job["device"] == "cpu" and job["attempts"] == 1
         assert job["codec_seconds"] > 0 and job["verify_seconds"] > 0
         assert job["input_size"] == real_volume_path.stat().st_size
-        assert job["output_name"] == "mr_phantom_t1_3d_lowres.nvc"
+        assert job["output_name"] == "mr_phantom_t1_3d_lowres.nii.gz.nvc"
         assert back["output_name"] == "volume.nii.gz" and back["voxel_sha256"] == job["voxel_sha256"]
 
         metrics = client.get("/metrics").text
@@ -105,7 +105,7 @@ def test_s3_backend_round_trip_with_presigned_download(s3_settings, make_stack, 
         assert redirect.status_code == 307 and redirect.headers["location"].startswith(s3_settings.s3_endpoint_url)
         streamed = client.get(f"/jobs/{job['id']}/result?redirect=false")
         assert streamed.status_code == 200 and len(streamed.content) == job["output_size"]
-        assert 'filename="small.nvc"' in streamed.headers["content-disposition"]
+        assert 'filename="small.npy.nvc"' in streamed.headers["content-disposition"]
         # objects live in the bucket, the upload is gone once the job succeeded
         from service.storage import S3Storage
 

@@ -92,6 +92,9 @@ def test_nvc_serve_round_trip_restart_and_clean_exit(tmp_path, small_volume):
         code = proc.wait(60)
     assert code == 0, log.read_text()
     assert "OPEN: no API keys are configured" in log.read_text()  # says so when it runs open on 127.0.0.1
+    # no Celery banner and no root warning in the one-command stack's output
+    assert "-------------- " not in log.read_text() and "[queues]" not in log.read_text()
+    assert "SecurityWarning" not in log.read_text() and "superuser privileges" not in log.read_text()
     wait_until(lambda: not any(alive(p) for p in family), 10, what="children to exit")
 
     # same data folder: the embedded Redis kept the job records

@@ -156,3 +156,12 @@ def test_cors_lets_a_portal_on_another_origin_submit(client):
         "/compress", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
     )
     assert "access-control-allow-origin" not in stranger.headers
+
+
+def test_the_page_shows_no_worker_host_names_and_the_servers_ratios():
+    """Host names of the workers are the operator's business, not the page's; and the page shows
+    the server's `ratio` (raw voxels / .nvc) and `upload_ratio`, not a figure of its own."""
+    script = (STATIC / "app.js").read_text()
+    assert ".worker" not in script and ".device" not in script
+    assert "job.ratio" in script and "job.upload_ratio" in script
+    assert "input_size / job.output_size" not in script
