@@ -51,6 +51,9 @@ class Job(BaseModel):
     bits_per_voxel: float | None = None
     shape: list[int] | None = None
     dtype: str | None = None
+    #: Receives a signed POST when the job ends; and the delivery attempts so far.
+    callback_url: str | None = None
+    notifications: list[dict[str, Any]] | None = None
     #: Voxels as stored integers, in bytes (shape x dtype).
     raw_bytes: int | None = None
     #: raw_bytes / the .nvc's bytes: the codec's compression ratio, as ``nvc info`` reports it.
