@@ -23,7 +23,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -31,8 +31,8 @@ from codec import format as fmt
 from codec import headers
 from codec import volume as vol
 from codec.errors import CodecError, FormatError, IntegrityError, TooLargeError, UnsupportedInputError
-
-Progress = Callable[[float], None] | None
+from codec.profiles import get_profile
+from codec.progress import Progress
 _HASH_SLICES = 16  # slices per hashing step for constant volumes (bounded temporaries)
 
 #: Default decode limit: the most bytes of decoded voxels a decode produces (override per call
@@ -155,7 +155,7 @@ def encode(
 
     `spacing`: voxel size per axis (1 to ndim values), stored and returned by :func:`info`.
     `metadata`: opaque user bytes, stored verbatim (CRC-protected).
-    `profile`: an engine profile (``codec.engine.PROFILES``).
+    `profile`: a coding profile (``codec.profiles.PROFILES``).
     `nifti_header`: the original NIfTI-1/-2 header and extension bytes (everything before the
     voxel data) so that ``decompress_file`` can write the file back exactly; it must describe
     this array's shape and dtype.
@@ -181,9 +181,8 @@ def encode(
             source_kind, source_header = "npy", raw
     trailing = _bytes_arg(trailing_bytes, "trailing_bytes")
     headers.check_trailing(len(trailing), "the source file")
+    get_profile(profile)  # the one place a profile name is resolved (UnsupportedInputError)
     engine = _engine()
-    if profile not in engine.PROFILES:
-        raise UnsupportedInputError(f"unknown profile {profile!r}: choose one of {', '.join(engine.PROFILES)}")
 
     ranges = [vol.volume_range(v, t) for t, v in vol.iter_volumes(array)]
     dtype = array.dtype

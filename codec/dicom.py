@@ -28,7 +28,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -37,8 +37,7 @@ from codec import format as fmt
 from codec.dicom_inputs import InputFile, gather, restore_path, safe_name
 from codec.dicom_pixels import Analysed, PixelLayout, Verbatim, analyse, check_layout, pixel_bytes
 from codec.errors import CodecError, FormatError, IntegrityError, UnsupportedInputError
-
-Progress = Callable[[float], None] | None
+from codec.progress import Progress
 #: A volume is cut into several when its slices would exceed this many voxels (bounds memory).
 VOLUME_MAX_VOXELS = 2**28
 HEADER_LEVEL = 19

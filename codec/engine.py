@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +44,7 @@ from codec.fit import Samples, fit, load_into_buffer, sample_volume, slab_bounds
 from codec.network import IntMLP, quantize
 from codec.profiles import PROFILES as _PROFILES
 from codec.profiles import get_profile
+from codec.progress import Progress
 from codec.schedule import Wavefront
 
 PROFILES: tuple[str, ...] = tuple(_PROFILES)
@@ -51,8 +52,6 @@ PROFILES: tuple[str, ...] = tuple(_PROFILES)
 #: most ~23k * B voxels; anything claiming far more is hostile or corrupt and is refused
 #: before any work is done.
 MAX_VOXELS_PER_PAYLOAD_BYTE = 65536
-
-Progress = Callable[[float], None] | None
 
 
 @dataclass(frozen=True)

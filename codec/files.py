@@ -28,7 +28,6 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -36,8 +35,7 @@ from codec import api, headers
 from codec.api import codec_errors
 from codec.errors import FormatError, UnrecognisedInputError, UnsupportedInputError
 from codec.naming import FORMATS, NVC_SUFFIX, compressed_name, decompressed_name  # noqa: F401  (re-exported)
-
-Progress = Callable[[float], None] | None
+from codec.progress import Progress
 
 
 @dataclass

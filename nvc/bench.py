@@ -425,11 +425,10 @@ def main(args) -> int:
     if unknown:
         raise CLIError(f"unknown codec(s) {', '.join(unknown)}: choose from {', '.join(ALL_CODECS)}")
     if profiles:
-        from codec.engine import PROFILES
+        from codec.profiles import get_profile
 
-        bad = [p for p in profiles if p not in PROFILES]
-        if bad:
-            raise CLIError(f"unknown profile(s) {', '.join(bad)}: choose from {', '.join(PROFILES)}")
+        for name in profiles:
+            get_profile(name)  # UnsupportedInputError: "unknown profile ...; choose one of ..."
     if not profiles and not codecs:
         raise CLIError("nothing to bench: give --profiles and/or --codecs")
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))

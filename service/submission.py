@@ -23,7 +23,9 @@ from typing import Any
 
 import anyio
 
+from codec.errors import UnsupportedInputError
 from codec.naming import FORMATS, archive_name, compressed_name, decompressed_name
+from codec.profiles import get_profile
 from service.errors import queue_failed_message
 from service.jobs import ACTIVE_STATES, AsyncJobStore, new_record
 from service.problems import Problem
@@ -33,7 +35,6 @@ from service.storage import job_prefix
 
 #: Output formats of a decompress job (a DICOM archive's is always "zip").
 OUTPUT_FORMATS = tuple(FORMATS.values())
-PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def input_key(job_id: str) -> str:
@@ -76,19 +77,6 @@ class IdempotencyClaim:
             await self.redis.delete(self.redis_key)
 
 
-def known_profiles() -> list[str] | None:
-    """Profile names the codec knows, when it can tell without loading torch (else the worker checks)."""
-    try:
-        from codec.profiles import PROFILES
-    except Exception:
-        return None
-    return list(PROFILES)
-
-
-#: Transfer syntaxes a DICOM archive can be exported to (codec.dicom_export.TRANSFER_SYNTAXES).
-TRANSFER_SYNTAXES = ("jpegls", "jpeg2000", "htj2k", "explicit-little")
-
-
 @dataclass(frozen=True)
 class JobParameters:
     """What a job does with its upload, checked."""
@@ -116,11 +104,10 @@ def job_parameters(kind: str, params: dict[str, str | None], upload_format: str 
         raise Problem(422, "transfer_syntax applies to DICOM archives only", slug="invalid-request")
     if kind == "compress":
         profile = params.get("profile") or "default"
-        if not PROFILE_NAME.match(profile):
-            raise Problem(422, f"invalid profile name {profile!r}", slug="invalid-request")
-        known = known_profiles()
-        if known is not None and profile not in known:
-            raise Problem(422, f"unknown profile {profile!r}: choose one of {', '.join(known)}", slug="invalid-request")
+        try:
+            get_profile(profile)  # the codec's one resolver (pure data: no torch)
+        except UnsupportedInputError as exc:
+            raise Problem(422, str(exc), slug="invalid-request") from None
         return JobParameters(output_format="nvc", profile=profile)
     output_format = params.get("format") or "nii.gz"
     if output_format not in OUTPUT_FORMATS:
