@@ -1,4 +1,5 @@
-"""Train the shipped models (`nvc train`) and measure how they generalise (leave-one-out).
+"""Train the shipped models and measure how they generalise (leave-one-out); `nvc train`
+(nvc/commands/codec_cmds.py) is its command line.
 
 Reproducible: fixed seeds, a fixed sample of voxels from each volume, single-threaded
 determinism is not required because the *shipped* artefact is the quantised network
@@ -7,7 +8,6 @@ determinism is not required because the *shipped* artefact is the quantised netw
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -22,21 +22,16 @@ from codec.fit import Samples, fit, mean_bits, sample_volume
 from codec.network import FloatMLP, quantize
 from codec.profiles import get_profile
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+def load_engine_volume(path: Path) -> tuple[np.ndarray, int, int]:
+    """The first volume of a .nii/.nii.gz/.npy file as the encoder codes it: int32 (slices,
+    rows, columns) and its value range, read by the codec's own reader (`codec.files`), so
+    training sees exactly the stored integers the encoder sees."""
+    from codec import volume as vol
+    from codec.files import read_volume
 
-
-def load_nifti_zyx(path: Path) -> tuple[np.ndarray, int, int]:
-    """A NIfTI volume as int32 (slices, rows, columns) plus its value range."""
-    import nibabel as nib
-
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj.get_unscaled())
-    if data.ndim == 2:
-        data = data[:, :, None]
-    if data.ndim == 4:
-        data = data[..., 0]
-    vol = np.ascontiguousarray(data.transpose(2, 1, 0)).astype(np.int32)
-    return vol, int(vol.min()), int(vol.max())
+    first = vol.volume_view(read_volume(path).array, 0)
+    rng = vol.volume_range(first)
+    return vol.to_engine(first, rng), rng.vmin, rng.vmax
 
 
 def volume_files(data_dir: Path) -> list[Path]:
@@ -46,7 +41,7 @@ def volume_files(data_dir: Path) -> list[Path]:
 def collect_samples(files: list[Path], slab_depth: int, per_volume: int, seed: int, spec: ContextSpec = LOCAL) -> Samples:
     parts = []
     for i, path in enumerate(files):
-        vol, vmin, vmax = load_nifti_zyx(path)
+        vol, vmin, vmax = load_engine_volume(path)
         rng = np.random.default_rng(seed + i)
         parts.append(sample_volume(vol, vmin, vmax, slab_depth, per_volume, rng, spec=spec))
     return Samples.concat(parts)
@@ -128,7 +123,7 @@ def leave_one_out(profile_name: str, data_dir: Path, *, steps: int, per_volume: 
             f"{profile_name}-loo", profile_name, net, {k: v.detach().numpy() for k, v in model.state_dict().items()},
             tables_file, {},
         )
-        vol, vmin, vmax = load_nifti_zyx(held_out)
+        vol, vmin, vmax = load_engine_volume(held_out)
         sample = sample_volume(vol, vmin, vmax, profile.slab_depth, 262_144, np.random.default_rng(seed))
         pred = engine.Predictor(net, tables, shipped.model_id, False, spec=shipped.spec)
         before_fit = engine.estimate_bits(pred, sample) / len(sample)
@@ -150,39 +145,17 @@ def leave_one_out(profile_name: str, data_dir: Path, *, steps: int, per_volume: 
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nvc train", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of training volumes (.nii.gz)")
-    parser.add_argument("--profile", default="default")
-    parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--samples-per-volume", type=int, default=300_000)
-    parser.add_argument("--seed", type=int, default=20201025)
-    parser.add_argument("--leave-one-out", action="store_true",
-                        help="do not ship: train without each volume in turn and code it; prints bits/voxel")
-    parser.add_argument("--json", type=Path, help="with --leave-one-out: write the rows here")
-
-
-def run(args: argparse.Namespace) -> int:
+def run(*, profile: str, data_dir: Path, steps: int, per_volume: int, seed: int, leave_one_out_json: Path | None,
+        leave_one_out_only: bool) -> int:
+    """What `nvc train` does (its options: nvc/commands/codec_cmds.py): ship a model, or measure
+    leave-one-out without shipping."""
     from codec.engine import torch_threads
 
     with torch_threads(None):  # NVC_THREADS, default 1: spinning OpenMP threads on a busy machine cost 30x
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.leave_one_out:
-        rows = leave_one_out(args.profile, args.data, steps=args.steps, per_volume=args.samples_per_volume, seed=args.seed)
-        if args.json:
-            args.json.write_text(json.dumps(rows, indent=2) + "\n")
-        return 0
-    train_and_ship(args.profile, args.data, steps=args.steps, per_volume=args.samples_per_volume, seed=args.seed)
+        if leave_one_out_only:
+            rows = leave_one_out(profile, data_dir, steps=steps, per_volume=per_volume, seed=seed)
+            if leave_one_out_json:
+                leave_one_out_json.write_text(json.dumps(rows, indent=2) + "\n")
+            return 0
+        train_and_ship(profile, data_dir, steps=steps, per_volume=per_volume, seed=seed)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,6 +16,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+#: Where `nvc train` finds volumes by default: the shared corpus next to the repository.
+DEFAULT_TRAINING_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -98,11 +101,21 @@ def register(subparsers) -> None:
     _common(p)
     p.set_defaults(handler=cmd_slice)
 
-    # `nvc train` belongs to codec/train.py, which imports torch: its options are parsed there, so
-    # registering it here costs nothing (every argument after `train` is passed through verbatim).
-    p = subparsers.add_parser("train", help="train and ship the coding models (nvc train --help)",
-                              add_help=False, prefix_chars="\x00")
-    p.add_argument("argv", nargs="*")
+    p = subparsers.add_parser(
+        "train", help="train and ship the coding models (or measure them leave-one-out)",
+        description="Train a profile's model on a folder of volumes with fixed seeds and ship it into codec/models "
+        "(reproducible: the quantised network's hash names it), or with --leave-one-out train without each volume in "
+        "turn and code it with the real encoder.",
+    )
+    p.add_argument("--data", type=Path, default=DEFAULT_TRAINING_DATA,
+                   help="folder of training volumes (.nii, .nii.gz; default: %(default)s)")
+    p.add_argument("--profile", default="default", help="coding profile (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=6000, help="optimiser steps (default: %(default)s)")
+    p.add_argument("--samples-per-volume", type=int, default=300_000, help="voxels sampled per volume")
+    p.add_argument("--seed", type=int, default=20201025)
+    p.add_argument("--leave-one-out", action="store_true",
+                   help="do not ship: train without each volume in turn and code it; prints bits/voxel")
+    p.add_argument("--json", type=Path, help="with --leave-one-out: write the rows here")
     p.set_defaults(handler=cmd_train)
 
 
@@ -487,5 +500,8 @@ def cmd_bench(args) -> int:
 
 def cmd_train(args) -> int:
     from codec import train
+    from codec.profiles import get_profile
 
-    return int(train.main(args.argv) or 0)
+    get_profile(args.profile)  # an unknown profile is one line, before torch is loaded
+    return train.run(profile=args.profile, data_dir=args.data, steps=args.steps, per_volume=args.samples_per_volume,
+                     seed=args.seed, leave_one_out_json=args.json, leave_one_out_only=args.leave_one_out)

@@ -264,9 +264,9 @@ def test_encode_on_gpu_decode_on_cpu() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "mr_phantom_t1_3d_lowres.nii.gz").exists(), reason="../shared/data not present")
 def test_real_volume_round_trip_and_thread_independence() -> None:
-    from codec.train import load_nifti_zyx
+    from codec.train import load_engine_volume
 
-    vol, vmin, vmax = load_nifti_zyx(DATA / "mr_phantom_t1_3d_lowres.nii.gz")
+    vol, vmin, vmax = load_engine_volume(DATA / "mr_phantom_t1_3d_lowres.nii.gz")
     vol = np.ascontiguousarray(vol[:40])
     enc = engine.encode_volume(vol, vmin=vmin, vmax=vmax, threads=2)
     shapes = [(b - a, *vol.shape[1:]) for a, b in enc.slabs]
