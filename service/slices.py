@@ -56,6 +56,10 @@ class VolumeInfo:
     slabs: tuple[tuple[int, int], ...]  # [z0, z1) of each slab (the same in every coded volume)
     nifti_header: bytes | None
     sha256: str  # of the .nvc file: names every rendering of it (ETag)
+    part: int = 0  # DICOM archives: which coded volume (DVOL chunk) of the archive; 0 otherwise
+    parts: int = 1  # DICOM archives: coded volumes in the archive
+    dicom_chunk: int | None = None  # DICOM archives: the index's chunk number of that volume
+    series: dict[str, Any] | None = None  # DICOM archives: modality, description, uid of its series
 
     @property
     def depth(self) -> int:
@@ -93,9 +97,9 @@ class SliceCache:
     def __init__(self, storage, max_bytes: int = DEFAULT_CACHE_BYTES, concurrency: int = DECODE_CONCURRENCY):
         self.storage = storage
         self.max_bytes = max_bytes
-        self._slabs: OrderedDict[tuple[str, int], Any] = OrderedDict()  # (job, z0) -> array (x, y, n[, t])
+        self._slabs: OrderedDict[tuple[str, int, int], Any] = OrderedDict()  # (job, part, z0) -> (x, y, n[, t])
         self._bytes = 0
-        self._infos: OrderedDict[str, VolumeInfo] = OrderedDict()
+        self._infos: OrderedDict[tuple[str, int], VolumeInfo] = OrderedDict()
         self._files: OrderedDict[str, Path] = OrderedDict()
         self._locks: dict[tuple[str, Any], asyncio.Lock] = {}
         self._limiter = anyio.CapacityLimiter(concurrency)
@@ -149,11 +153,14 @@ class SliceCache:
 
     # ---------------------------------------------------------------- describe
 
-    async def info(self, job_id: str, record: dict[str, Any]) -> VolumeInfo:
-        """Shape, slabs, spacing and NIfTI header of the job's .nvc (read from its header only)."""
-        cached = self._infos.get(job_id)
+    async def info(self, job_id: str, record: dict[str, Any], part: int = 0) -> VolumeInfo:
+        """Shape, slabs, spacing and NIfTI header of the job's .nvc (read from its header only).
+
+        A DICOM series archive (format version 2) holds one coded volume per stack of slices
+        of a series; `part` chooses it (its own complete version-1 `.nvc` inside the archive)."""
+        cached = self._infos.get((job_id, part))
         if cached is not None:
-            self._infos.move_to_end(job_id)
+            self._infos.move_to_end((job_id, part))
             return cached
         key = nvc_key(record)
         if not key:
@@ -164,10 +171,19 @@ class SliceCache:
             from codec import format as fmt
             from codec.errors import CodecError
 
+            extra: dict[str, Any] = {}
             try:
                 with open(path, "rb") as f:
-                    container, _ = fmt.parse(f)
-            except (CodecError, OSError) as exc:
+                    if is_archive(f.read(16)):
+                        blob, extra = _archive_volume(f, job_id, part)
+                        container, _ = fmt.parse(blob)
+                    else:
+                        if part:
+                            raise Problem(422, f"volume {part} is out of range: the .nvc of job {job_id} is one "
+                                          "volume (use volume= of a 4-D series' time points)", slug="slice-out-of-range")
+                        f.seek(0)
+                        container, _ = fmt.parse(f)
+            except (CodecError, OSError, ImportError) as exc:
                 raise Problem(422, f"the .nvc of job {job_id} cannot be read: {exc}", slug="invalid-nvc") from None
             h = container.header
             coded = [v for v in container.volumes if v.slabs]  # every coded volume has the same slab bounds
@@ -175,10 +191,11 @@ class SliceCache:
             return VolumeInfo(
                 shape=tuple(int(n) for n in h.shape), dtype=h.dtype.name, spacing=h.spacing, slabs=slabs,
                 nifti_header=container.source_header if container.source_kind else None, sha256=nvc_sha256(record),
+                **extra,
             )
 
         info = await anyio.to_thread.run_sync(describe)
-        self._infos[job_id] = info
+        self._infos[(job_id, part)] = info
         while len(self._infos) > 256:
             self._infos.popitem(last=False)
         return info
@@ -188,7 +205,7 @@ class SliceCache:
     async def slab(self, job_id: str, record: dict[str, Any], info: VolumeInfo, z: int):
         """The decoded slab holding slice z: (array (x, y, n[, t]), z0)."""
         z0, z1 = info.slab_of(z)
-        key = (job_id, z0)
+        key = (job_id, info.part, z0)
         if key in self._slabs:
             self._slabs.move_to_end(key)
             return self._slabs[key], z0
@@ -206,7 +223,10 @@ class SliceCache:
 
                     try:
                         with open(path, "rb") as f:
-                            return read(f, slices=(z0, z1)).array
+                            if info.dicom_chunk is None:
+                                return read(f, slices=(z0, z1)).array
+                            blob, _ = _archive_volume(f, job_id, info.part)
+                        return read(blob, slices=(z0, z1)).array
                     except CodecError as exc:
                         raise Problem(422, f"the .nvc of job {job_id} cannot be decoded: {exc}",
                                       slug="invalid-nvc") from None
@@ -252,7 +272,8 @@ class SliceCache:
 
     def forget(self, job_id: str) -> None:
         """Drop everything cached for a job (its objects were deleted)."""
-        self._infos.pop(job_id, None)
+        for key in [k for k in self._infos if k[0] == job_id]:
+            del self._infos[key]
         for key in [k for k in self._slabs if k[0] == job_id]:
             self._bytes -= self._slabs.pop(key).nbytes
         path = self._files.pop(job_id, None)
@@ -266,3 +287,34 @@ class SliceCache:
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+
+
+def is_archive(head: bytes) -> bool:
+    """Whether a file's first bytes are a DICOM series archive's (format version 2)."""
+    from codec.dicom_archive import is_archive as archive_preamble
+
+    return archive_preamble(head)
+
+
+def _archive_volume(f, job_id: str, part: int) -> tuple[bytes, dict[str, Any]]:
+    """The complete version-1 `.nvc` of coded volume `part` of a DICOM archive, and what the
+    slice routes say about it (its series' modality and description, never patient data)."""
+    from codec import dicom
+    from codec import format as fmt
+
+    f.seek(0)
+    index = dicom.open_archive(f)
+    if not 0 <= part < len(index.volumes):
+        raise Problem(422, f"volume {part} is out of range: the DICOM archive of job {job_id} holds "
+                      f"{len(index.volumes)} coded volume(s) (0..{len(index.volumes) - 1})", slug="slice-out-of-range")
+    volume = index.volumes[part]
+    if volume.get("split16"):
+        raise Problem(422, f"volume {part} of job {job_id} holds 32-bit values coded as 16-bit halves; it has no "
+                      "slice preview (download the result)", slug="no-preview")
+    series = index.series[volume["series"]]
+    blob = index.archive.read(volume["chunk"], fmt.TAG_DICOM_VOLUME)
+    return blob, {
+        "part": part, "parts": len(index.volumes), "dicom_chunk": volume["chunk"],
+        "series": {"modality": series.get("modality"), "description": series.get("description"),
+                   "uid": series.get("uid")},
+    }

@@ -28,8 +28,10 @@ WindowPreset = Literal["auto", "lung", "soft_tissue", "bone", "brain"]
 CACHE_CONTROL = "private, max-age=3600"
 #: Headers the page (and portals, through CORS) read beside the image.
 SLICE_HEADERS = ("X-Slice-Index", "X-Slice-Count", "X-Slice-Position-Mm", "X-Window-Center", "X-Window-Width",
-                 "X-Rescale-Slope", "X-Rescale-Intercept")
+                 "X-Rescale-Slope", "X-Rescale-Intercept", "X-Volume-Count", "X-Series-Modality",
+                 "X-Series-Description", "X-Series-Uid")
 NPY = "application/x-npy"
+VOLUME_HELP = "Time point of a 4-D series, or coded volume of a DICOM series archive (one per stack of slices)."
 
 
 def cache_of(services) -> SliceCache:
@@ -50,6 +52,29 @@ async def _finished(services, job_id: str, owner: str) -> dict[str, Any]:
             headers={"Retry-After": "1"} if active else None, state=record["state"],
         )
     return record
+
+
+async def _volume(cache: SliceCache, job_id: str, record: dict[str, Any], volume: int) -> tuple[Any, int]:
+    """The description of the volume asked for, and the time point within it: `volume` is the
+    time point of a 4-D series, or which coded volume of a DICOM series archive."""
+    info = await cache.info(job_id, record)
+    if info.dicom_chunk is None:
+        return info, volume
+    return (await cache.info(job_id, record, volume) if volume else info), 0
+
+
+def _volume_headers(info) -> dict[str, str]:
+    """How many volumes there are to choose from, and for a DICOM archive the series of this one
+    (modality, description percent-encoded as UTF-8, UID: what job records show, never patient data)."""
+    from urllib.parse import quote
+
+    count = info.parts if info.dicom_chunk is not None else (info.shape[3] if len(info.shape) >= 4 else 1)
+    headers = {"X-Volume-Count": str(count)}
+    if info.series:
+        headers.update({"X-Series-Modality": quote(info.series.get("modality") or ""),
+                        "X-Series-Description": quote(info.series.get("description") or ""),
+                        "X-Series-Uid": quote(info.series.get("uid") or "")})
+    return headers
 
 
 def _etag(record: dict[str, Any], **params: Any) -> str:
@@ -97,14 +122,14 @@ async def get_slice(
     slope: Annotated[float | None, Query(description="Rescale slope (default: the file's NIfTI scaling, else 1).")] = None,
     intercept: Annotated[float | None, Query(description="Rescale intercept (default: the file's, else 0; CT "
                                              "presets on unsigned data without one assume -1024).")] = None,
-    volume: Annotated[int, Query(ge=0, description="Volume of a 4-D series.")] = 0,
+    volume: Annotated[int, Query(ge=0, description=VOLUME_HELP)] = 0,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     from codec import render
 
     record = await _finished(services, job_id, owner)
     cache = cache_of(services)
-    info = await cache.info(job_id, record)
+    info, volume = await _volume(cache, job_id, record, volume)
     try:
         z, volume = render.slice_index(info.shape, z, volume)
     except ValueError as exc:
@@ -117,7 +142,8 @@ async def get_slice(
     if cached is not None:
         return cached
     slice_xy = await cache.slice(job_id, record, info, z, volume)
-    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "X-Slice-Index": str(z), "X-Slice-Count": str(info.depth)}
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "X-Slice-Index": str(z), "X-Slice-Count": str(info.depth),
+               **_volume_headers(info)}
     position = info.position_mm(z)
     if position is not None:
         headers["X-Slice-Position-Mm"] = f"{position:g}"
@@ -157,14 +183,14 @@ async def get_slice_range(
     job_id: Annotated[str, Path(description="Job id")],
     start: Annotated[int, Query(ge=0, description="First slice (0-based).")],
     stop: Annotated[int, Query(ge=1, description=f"One past the last slice; at most {MAX_RANGE_SLICES} slices.")],
-    volume: Annotated[int, Query(ge=0, description="Volume of a 4-D series.")] = 0,
+    volume: Annotated[int, Query(ge=0, description=VOLUME_HELP)] = 0,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     from codec import render
 
     record = await _finished(services, job_id, owner)
     cache = cache_of(services)
-    info = await cache.info(job_id, record)
+    info, volume = await _volume(cache, job_id, record, volume)
     if not start < stop <= info.depth:
         raise Problem(422, f"slices [{start}, {stop}) are not a range of this volume's {info.depth} slices "
                       f"(0 <= start < stop <= {info.depth})", slug="slice-out-of-range", slices=info.depth)

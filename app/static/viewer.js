@@ -22,7 +22,7 @@
   const el = {
     section: $("viewer"), image: $("slice-image"), slider: $("slice"), window: $("window"),
     caption: $("slice-caption"), state: $("slice-state"), verified: $("verified"), hashes: $("hashes"),
-    sizes: $("sizes"),
+    sizes: $("sizes"), volume: $("volume"), volumeField: $("volume-field"), series: $("series-info"),
   };
   if (!el.section) return;
 
@@ -30,8 +30,8 @@
   let headers = () => ({});
   let shownUrl = null;
   let inFlight = false;
-  let wanted = null; // {z, window} the user asked for last
-  let shown = null; // {z, window} on screen
+  let wanted = null; // {z, window, volume} the user asked for last
+  let shown = null; // {z, window, volume} on screen
 
   function mb(bytes) {
     if (bytes == null) return "?";
@@ -60,19 +60,49 @@
 
   // ---------------------------------------------------------------- slices
   function request(z) {
-    wanted = { z, window: el.window.value };
+    wanted = { z, window: el.window.value, volume: Number(el.volume.value || 0) };
     pump();
+  }
+
+  const same = (a, b) => a && b && a.z === b.z && a.window === b.window && a.volume === b.volume;
+
+  // A DICOM archive (or a 4-D series) holds several volumes: offer them once the server says so.
+  function showVolumes(count) {
+    if (count <= 1 || el.volume.options.length === count) {
+      el.volumeField.hidden = count <= 1;
+      return;
+    }
+    el.volume.textContent = "";
+    for (let i = 0; i < count; i++) {
+      const option = document.createElement("option");
+      option.value = String(i);
+      option.textContent = `${i + 1} of ${count}`;
+      el.volume.appendChild(option);
+    }
+    el.volumeField.hidden = false;
+  }
+
+  function showSeries(response) {
+    const modality = response.headers.get("X-Series-Modality");
+    if (modality == null) {
+      el.series.hidden = true;
+      return;
+    }
+    const description = decodeURIComponent(response.headers.get("X-Series-Description") || "");
+    el.series.textContent = `DICOM series: ${decodeURIComponent(modality)}${description ? ` · ${description}` : ""}`;
+    el.series.hidden = false;
   }
 
   async function pump() {
     if (inFlight || !job || !wanted) return;
-    if (shown && shown.z === wanted.z && shown.window === wanted.window) return;
+    if (same(shown, wanted)) return;
     const want = wanted;
     const forJob = job.id;
     inFlight = true;
     const slow = setTimeout(() => { el.state.textContent = "Decoding the slab that holds this slice…"; }, 300);
     try {
       const params = new URLSearchParams({ window: want.window });
+      if (want.volume) params.set("volume", String(want.volume));
       const response = await fetch(`/jobs/${encodeURIComponent(forJob)}/slices/${want.z}?${params}`, { headers: headers() });
       if (!response.ok) throw new Error(problemText(response.status, await response.text()));
       const blob = await response.blob();
@@ -87,6 +117,12 @@
       shownUrl = url;
       shown = want;
       const count = response.headers.get("X-Slice-Count") || String(depthOf(job));
+      if (Number(count) - 1 !== Number(el.slider.max)) { // DICOM jobs: the depth is known from the server
+        el.slider.max = String(Number(count) - 1);
+        el.slider.disabled = Number(count) <= 1;
+      }
+      showVolumes(Number(response.headers.get("X-Volume-Count") || 1));
+      showSeries(response);
       const position = response.headers.get("X-Slice-Position-Mm");
       const center = response.headers.get("X-Window-Center");
       const width = response.headers.get("X-Window-Width");
@@ -95,6 +131,7 @@
       el.image.alt = `${words} of ${job.input_name || "the volume"}, window ${WINDOW_WORDS[want.window] || want.window}`;
       el.image.dataset.z = String(want.z);
       el.image.dataset.window = want.window;
+      el.image.dataset.volume = String(want.volume);
       el.caption.textContent = `${words} · window ${WINDOW_WORDS[want.window] || want.window}` +
         (center != null ? ` (center ${center}, width ${width})` : "");
       el.state.textContent = "";
@@ -110,6 +147,10 @@
 
   el.slider.addEventListener("input", () => request(Number(el.slider.value)));
   el.window.addEventListener("change", () => request(Number(el.slider.value)));
+  el.volume.addEventListener("change", () => {
+    el.slider.value = "0";
+    request(0);
+  });
   el.image.addEventListener("wheel", (event) => {
     if (!job) return;
     event.preventDefault();
@@ -124,8 +165,11 @@
   // ---------------------------------------------------------------- verification and sizes
   function showVerified(j) {
     const took = j.verify_seconds != null ? ` (the check took ${j.verify_seconds.toFixed(1)} s)` : "";
+    const what = j.series && j.series.length
+      ? "restored every file of the upload from it, byte for byte" // a DICOM study: files, not only voxels
+      : "its voxels matched the uploaded volume's exactly";
     el.verified.textContent = "Verified lossless: before this job succeeded, the server decoded the new .nvc file " +
-      `and its voxels matched the uploaded volume's exactly${took}. Finished ${isoTime(j.finished_at)}.`;
+      `and ${what}${took}. Finished ${isoTime(j.finished_at)}.`;
     el.hashes.textContent = "";
     const rows = [["SHA-256 of the voxels", j.voxel_sha256], ["SHA-256 of the .nvc file", j.output_sha256],
       ["SHA-256 of the upload", j.input_sha256]];
@@ -175,6 +219,9 @@
     el.slider.max = String(Math.max(0, depth - 1));
     el.slider.value = String(Math.floor(depth / 2));
     el.slider.disabled = depth <= 1;
+    el.volume.textContent = "";
+    el.volumeField.hidden = true;
+    el.series.hidden = true;
     el.caption.textContent = "";
     el.state.textContent = "";
     showVerified(j);

@@ -197,3 +197,46 @@ def test_slices_are_visible_to_their_owner_only(service_settings, store):
         problem(client.get(f"/jobs/{job_id}/slices/1"), 401)
         problem(client.get(f"/jobs/{job_id}/slices/1", headers=beta), 404)
         problem(client.get(f"/jobs/{job_id}/slices", params={"start": 0, "stop": 2}, headers=beta), 404)
+
+
+def test_a_dicom_series_archive_shows_each_coded_volume(client, store, service_settings, tmp_path):
+    """A compress job of a DICOM study leaves a series archive (format version 2): each coded
+    volume of it has slices, the stored pixel values of its series' planes."""
+    pytest.importorskip("pydicom")
+    import hashlib
+
+    from codec import dicom
+    from codec.dicom_inputs import gather
+    from dicom_series import real_crop, write_series
+
+    ct = real_crop("ct_head_phantom_thick_5mm.nii.gz", (40, 32, 3))
+    mr = np.minimum(real_crop("mr_phantom_t1_3d_lowres.nii.gz", (24, 24, 2)), 4095).astype(np.uint16)
+    write_series(tmp_path / "study" / "ct", ct, series_number=1, syntax="explicit")
+    write_series(tmp_path / "study" / "mr", mr, modality="MR", series_number=2, syntax="implicit", description="T1")
+    archive = dicom.compress_files(gather(tmp_path / "study"))
+    index = dicom.open_archive(archive)
+    job = client.post("/compress", content=npy_bytes(ct)).json()
+    key = f"jobs/{job['id']}/output.nvc"
+    (service_settings.resolved_storage_dir / key).write_bytes(archive)
+    store.transition(job["id"], "running", ["queued"], started_at=time.time())
+    store.transition(job["id"], "succeeded", ["running"], finished_at=time.time(), progress=1.0, output_key=key,
+                     output_size=len(archive), output_sha256=hashlib.sha256(archive).hexdigest())
+    sources = {"CT": ct, "MR": mr}
+    for part, volume in enumerate(index.volumes):
+        source = sources[index.series[volume["series"]]["modality"]]
+        for z in range(source.shape[2]):
+            answer = client.get(f"/jobs/{job['id']}/slices/{z}", params={"format": "npy", "volume": part})
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-slice-count"] == str(source.shape[2])
+            assert np.array_equal(np.load(io.BytesIO(answer.content)), source[:, :, z])
+        png = client.get(f"/jobs/{job['id']}/slices/0", params={"volume": part})
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        series = index.series[volume["series"]]
+        assert png.headers["x-volume-count"] == str(len(index.volumes))
+        assert png.headers["x-series-modality"] == series["modality"]
+        assert png.headers["x-series-uid"] == series["uid"]
+        from urllib.parse import unquote
+
+        assert unquote(png.headers["x-series-description"]) == series["description"]
+    body = problem(client.get(f"/jobs/{job['id']}/slices/0", params={"volume": len(index.volumes)}), 422)
+    assert f"holds {len(index.volumes)} coded volume(s)" in body["detail"]
