@@ -231,7 +231,7 @@ def cmd_compress_dicom(args) -> int:
     d = dicom.archive_info(data)
     _say(args, f"{args.input}: {d['files']} files, {len(d['series'])} series; {d['instances_coded']} instances coded "
                f"in {d['volumes']} volumes, {d['files_verbatim']} files stored verbatim; {n_in} -> {len(data)} bytes "
-               f"(ratio {n_in / len(data):.3f})")
+               f"(files / .nvc: {n_in / len(data):.3f})")  # not "ratio": that is raw voxels / .nvc
     return 0
 
 
