@@ -7,6 +7,9 @@
  * XMLHttpRequest because fetch() cannot report upload progress. Each submission carries an
  * Idempotency-Key, so a retry after a 503/429 or a dropped connection never makes two jobs.
  * The ids of jobs started here are kept in localStorage ("recent jobs of this browser").
+ * DICOM: a .zip/.tar/.dcm is sent as it is; a dropped or chosen folder (or several files) is
+ * sent as many "file" parts with their relative paths, a DICOM file first (the API keeps them
+ * as one series upload); a DICOM archive's result is a zip of the original files.
  */
 "use strict";
 
@@ -14,13 +17,13 @@
   const RECENT_KEY = "nvc.recentJobs";
   const RECENT_MAX = 20;
   const API_KEY_KEY = "nvc.apiKey";
-  const COMPRESS_RE = /\.(nii|nii\.gz|npy)$/i;
+  const COMPRESS_RE = /\.(nii|nii\.gz|npy|zip|tar|dcm)$/i;
   const DECOMPRESS_RE = /\.nvc$/i;
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
   const $ = (id) => document.getElementById(id);
   const el = {
-    form: $("submit-form"), file: $("file"), drop: $("drop-zone"), choice: $("file-choice"),
+    form: $("submit-form"), file: $("file"), folder: $("folder"), drop: $("drop-zone"), choice: $("file-choice"),
     profile: $("profile"), format: $("format"), profileField: $("profile-field"), formatField: $("format-field"),
     apiKey: $("api-key"), start: $("start"), error: $("error"), progress: $("progress"),
     upload: $("upload-progress"), uploadText: $("upload-text"), job: $("job-progress"), jobText: $("job-text"),
@@ -28,7 +31,7 @@
     recentEmpty: $("recent-empty"), clearRecent: $("clear-recent"),
   };
 
-  let chosen = null; // the File to send
+  let chosen = null; // the File to send, or a bundle {name, size, entries: [{file, path}]} of DICOM files
   let busy = false;
 
   // ---------------------------------------------------------------- helpers
@@ -122,6 +125,59 @@
   }
 
   // ---------------------------------------------------------------- choosing a file
+  function isBundle(x) {
+    return Boolean(x && Array.isArray(x.entries));
+  }
+
+  async function isDicomFile(file) {
+    if (file.size < 132) return false;
+    return (await file.slice(128, 132).text()) === "DICM";
+  }
+
+  // Files of a dropped folder (webkitGetAsEntry), with their paths relative to the drop.
+  async function droppedEntries(items) {
+    const out = [];
+    async function walk(entry, prefix) {
+      if (entry.isFile) {
+        const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+        out.push({ file, path: prefix + entry.name });
+      } else if (entry.isDirectory) {
+        const reader = entry.createReader();
+        for (;;) {
+          const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+          if (!batch.length) break;
+          for (const child of batch) await walk(child, `${prefix}${entry.name}/`);
+        }
+      }
+    }
+    const roots = Array.from(items).map((item) => item.webkitGetAsEntry && item.webkitGetAsEntry()).filter(Boolean);
+    for (const root of roots) await walk(root, "");
+    return out;
+  }
+
+  // A DICOM series upload: a DICOM file goes first (the API takes several parts only then).
+  async function makeBundle(entries, name) {
+    let first = -1;
+    for (let i = 0; i < Math.min(entries.length, 64); i++) {
+      if (await isDicomFile(entries[i].file)) { first = i; break; }
+    }
+    if (first < 0) {
+      showError(`${name}: no DICOM file found (a DICOM file starts with a 128-byte preamble and "DICM").`);
+      return null;
+    }
+    if (first > 0) entries.unshift(entries.splice(first, 1)[0]);
+    return { name, size: entries.reduce((sum, e) => sum + e.file.size, 0), entries };
+  }
+
+  function chooseBundle(bundle) {
+    clearError();
+    chosen = bundle;
+    el.choice.textContent = `${bundle.name}: ${bundle.entries.length} files (${mb(bundle.size)}) will be archived as DICOM series (.nvc).`;
+    el.profileField.classList.toggle("inactive", false);
+    el.formatField.classList.toggle("inactive", true);
+    el.start.disabled = busy;
+  }
+
   function choose(file) {
     clearError();
     chosen = null;
@@ -133,7 +189,7 @@
     const kind = kindOf(file.name);
     if (!kind) {
       el.choice.textContent = "";
-      showError(`${file.name} is not a .nii, .nii.gz, .npy or .nvc file.`);
+      showError(`${file.name} is not a .nii, .nii.gz, .npy, .nvc, .dcm, .zip or .tar file.`);
       return;
     }
     chosen = file;
@@ -144,6 +200,16 @@
   }
 
   el.file.addEventListener("change", () => choose(el.file.files[0] || null));
+  if (el.folder) {
+    el.folder.addEventListener("change", async () => {
+      const files = Array.from(el.folder.files || []);
+      if (!files.length) return;
+      const entries = files.map((file) => ({ file, path: file.webkitRelativePath || file.name }));
+      const top = entries[0].path.split("/")[0] || "series";
+      const bundle = await makeBundle(entries, top);
+      if (bundle) chooseBundle(bundle);
+    });
+  }
 
   ["dragenter", "dragover"].forEach((type) =>
     el.drop.addEventListener(type, (event) => {
@@ -157,11 +223,17 @@
       el.drop.classList.remove("over");
     })
   );
-  el.drop.addEventListener("drop", (event) => {
+  el.drop.addEventListener("drop", async (event) => {
     const files = event.dataTransfer && event.dataTransfer.files;
     if (!files || !files.length) return;
-    if (files.length > 1) {
-      showError("Drop one file at a time (use `nvc remote` for whole folders).");
+    const items = event.dataTransfer.items;
+    const entries0 = items ? Array.from(items).map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()) : [];
+    if (files.length > 1 || entries0.some((e) => e && e.isDirectory)) {
+      const entries = items && entries0.some(Boolean) ? await droppedEntries(items)
+        : Array.from(files).map((file) => ({ file, path: file.name }));
+      const top = entries0.length === 1 && entries0[0] && entries0[0].isDirectory ? entries0[0].name : "series";
+      const bundle = await makeBundle(entries, top);
+      if (bundle) chooseBundle(bundle);
       return;
     }
     try {
@@ -198,16 +270,27 @@
       xhr.onerror = () => reject(new ApiError("the upload failed (network error)", 0));
       xhr.ontimeout = () => reject(new ApiError("the upload timed out", 0));
       const form = new FormData();
-      form.append("file", file, file.name);
+      if (isBundle(file)) {
+        for (const entry of file.entries) form.append("file", entry.file, entry.path);
+      } else {
+        form.append("file", file, file.name);
+      }
       xhr.send(form);
     });
   }
 
+  // A DICOM series archive is .nvc format version 2: it restores to a zip of its files.
+  async function isDicomArchive(file) {
+    if (file.size < 12) return false;
+    const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
+    return head[0] === 0x89 && head[1] === 0x4e && head[8] === 2 && head[9] === 0;
+  }
+
   async function submit(file) {
-    const kind = kindOf(file.name);
+    const kind = isBundle(file) ? "compress" : kindOf(file.name);
     const params = new URLSearchParams();
     if (kind === "compress" && el.profile.value) params.set("profile", el.profile.value);
-    if (kind === "decompress") params.set("format", el.format.value);
+    if (kind === "decompress" && !(await isDicomArchive(file))) params.set("format", el.format.value);
     const url = `/${kind}${params.toString() ? "?" + params : ""}`;
     const key = newKey(); // the same for every attempt: a retry returns the same job
     for (let attempt = 1; ; attempt++) {
@@ -273,13 +356,22 @@
     $("result-ratio").textContent = ratioText(job);
     $("result-bpv").textContent = job.bits_per_voxel != null ? job.bits_per_voxel.toFixed(3) : "—";
     $("result-sha").textContent = job.output_sha256 || "";
+    const dicom = $("result-dicom");
+    if (dicom) {
+      // only what identifies the series: modality, description, counts and dimensions
+      dicom.textContent = job.series ? `${job.files} files: ${job.instances_coded} instances coded by NVC, ` +
+        `${job.files_verbatim} stored verbatim. Series: ` + job.series.map((s) =>
+          `${s.modality || "?"}${s.description ? " " + s.description : ""} (${s.instances} instances` +
+          `${s.volumes.length ? "; " + s.volumes.map((v) => v.join("×")).join(", ") : ""})`).join("; ") : "";
+      dicom.hidden = !job.series;
+    }
     el.download.href = resultUrl(job);
     el.download.setAttribute("download", job.output_name || "");
     el.download.textContent = `Download ${job.output_name || "the result"}`;
     el.download.dataset.jobId = job.id;
     el.result.hidden = false;
     if (window.NVCViewer) {
-      if (job.kind === "compress") window.NVCViewer.show(job, authHeaders);
+      if (job.kind === "compress" && job.shape) window.NVCViewer.show(job, authHeaders);
       else window.NVCViewer.hide();
     }
     el.download.focus();
