@@ -9,6 +9,9 @@ Public API::
     codec.info(data) -> dict
     codec.compress_file(src, dst, profile=...)   # .nii/.nii.gz/.npy -> .nvc
     codec.decompress_file(src, dst)              # .nvc -> .nii/.nii.gz/.npy
+    codec.compress_dicom(folder_or_zip, dst)     # DICOM series -> one archive (codec.dicom)
+    codec.decompress_dicom(archive, out_dir)     # every original file back, byte for byte
+    codec.dicom_info(archive) -> dict            # series, counts, sizes; no voxel decoded
 
 Arrays use NIfTI axis order: the last axis of a 3-D volume is the slice axis
 (4-D: (x, y, z, t)); `slices` in `decode` counts along that axis.
@@ -43,6 +46,9 @@ __all__ = [
     "info",
     "compress_file",
     "decompress_file",
+    "compress_dicom",
+    "decompress_dicom",
+    "dicom_info",
 ]
 
 
@@ -56,4 +62,8 @@ def __getattr__(name: str):
         from codec import files
 
         return getattr(files, name)
+    if name in ("compress_dicom", "decompress_dicom", "dicom_info"):
+        from codec import dicom
+
+        return dicom.archive_info if name == "dicom_info" else getattr(dicom, name)
     raise AttributeError(f"module 'codec' has no attribute {name!r}")

@@ -97,3 +97,22 @@ def test_errors_are_one_line(tmp_path):
     assert p.returncode == 1 and "holds no files" in p.stderr.decode() and p.stderr.decode().count("\n") == 1
     p = nvc("decompress", tmp_path / "nothing.nvc", "-o", tmp_path / "x", check=False)
     assert p.returncode == 1 and "Traceback" not in p.stderr.decode()
+
+
+def test_pydicom_files_round_trip_through_the_cli(tmp_path):
+    """pydicom's own test files up to 20 kB (real headers, odd encodings, broken files), as a folder."""
+    import os
+    import shutil
+
+    from pydicom.data import get_testdata_files
+
+    paths = sorted(p for p in get_testdata_files() if os.path.isfile(p) and os.path.getsize(p) <= 20_000)
+    base = Path(os.path.commonpath(paths))
+    corpus = tmp_path / "corpus"
+    for p in paths:
+        target = corpus / Path(p).relative_to(base)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, target)
+    nvc("compress", corpus, "-o", tmp_path / "c.nvc", "-q")
+    nvc("decompress", tmp_path / "c.nvc", "-o", tmp_path / "back", "-q")
+    assert tree(tmp_path / "back") == tree(corpus)

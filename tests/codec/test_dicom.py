@@ -144,6 +144,13 @@ def test_compress_dicom_paths(study, tmp_path):
     assert dicom.decompress_dicom(path, tmp_path / "back", overwrite=True).ok
 
 
+def test_top_level_api(study, tmp_path):
+    path = codec.compress_dicom(study / "SC", tmp_path / "sc.nvc")
+    assert codec.dicom_info(path.read_bytes())["instances_coded"] == 3
+    assert codec.decompress_dicom(path, tmp_path / "sc").ok
+    assert tree(tmp_path / "sc") == tree(study / "SC")
+
+
 def test_volume_api_refuses_an_archive_clearly(study):
     data = dicom.compress_files(gather(study / "CT1"))
     with pytest.raises(FormatError, match="DICOM series archive"):

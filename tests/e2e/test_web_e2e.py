@@ -143,7 +143,7 @@ def test_the_page_refuses_an_unknown_file_type_before_uploading(page, tmp_path):
     other = tmp_path / "photo.png"
     other.write_bytes(b"\x89PNG....")
     page.get_by_label("Choose a file").set_input_files(str(other))
-    assert "is not a .nii, .nii.gz, .npy or .nvc file" in page.get_by_role("alert").inner_text()
+    assert "is not a .nii, .nii.gz, .npy, .nvc, .dcm, .zip or .tar file" in page.get_by_role("alert").inner_text()
     assert page.get_by_role("button", name="Start").is_disabled()
 
 

@@ -171,6 +171,23 @@ def test_series_round_trip_through_the_service_keeps_patient_data_private(servic
                 assert b.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
                 np.testing.assert_array_equal(a.pixel_array, b.pixel_array)
 
+        # pydicom's own small test files (odd encodings, broken files) through the service too
+        import os
+
+        from pydicom.data import get_testdata_files
+
+        paths = sorted(p for p in get_testdata_files() if os.path.isfile(p) and os.path.getsize(p) <= 20_000)
+        base = os.path.commonpath(paths)
+        corpus = {os.path.relpath(p, base).replace(os.sep, "/"): Path(p).read_bytes() for p in paths}
+        answer = client.post("/compress", files={"file": ("corpus.zip", zip_of(corpus))})
+        coded = wait_done(client, answer.json()["id"])
+        assert coded["state"] == "succeeded", coded
+        answer = client.post("/decompress", content=client.get(f"/jobs/{coded['id']}/result").content)
+        back = wait_done(client, answer.json()["id"])
+        assert back["state"] == "succeeded", back
+        with zipfile.ZipFile(io.BytesIO(client.get(f"/jobs/{back['id']}/result").content)) as zf:
+            assert {n: zf.read(n) for n in zf.namelist()} == corpus
+
         # a refused upload's problem details do not quote the header either
         refused = client.post("/compress", content=zip_of({"a.txt": PATIENT_NAME.encode() * 20}))
         assert refused.status_code == 415
