@@ -274,8 +274,8 @@ def cmd_compress(args) -> int:
 def cmd_decompress(args) -> int:
     import io
 
-    from codec.api import info, read
-    from codec.files import default_output, output_format, volume_bytes
+    from codec.api import info
+    from codec.files import decompress_to_bytes, default_output, output_format
     from nvc.cli import CLIError
 
     start = time.perf_counter()
@@ -303,17 +303,17 @@ def cmd_decompress(args) -> int:
             _check_output(Path(out), args.force, args.input)
         elif sys.stdout.isatty():
             raise CLIError("refusing to write volume data to a terminal (use -o FILE)")
-        fmt_name = args.format or (output_format(out) if out != "-" else ("nii" if container.source_kind else "npy"))
+        from_nifti = container.source_kind in ("nifti1", "nifti2")
+        fmt_name = args.format or (output_format(out) if out != "-" else ("nii" if from_nifti else "npy"))
         source.seek(0)
         with progress_bar(args.quiet, "decompress") as progress:
-            dec = read(source, progress=progress)
+            # the codec's own serialiser: headers, .npy headers and trailing bytes come back as stored
+            data, _ = decompress_to_bytes(source, fmt_name, progress=progress)
         size_in = source.seek(0, io.SEEK_END)
         source.seek(0)
         meta = None if args.quiet else info(source)
     finally:
         source.close()
-    data = volume_bytes(dec.array, fmt_name, nifti_header=dec.nifti_header, spacing=dec.spacing)
-    del dec
     _write_output(out, data)
     if meta is not None:
         print(summary_line(args.input, out, size_in, len(data), meta, time.perf_counter() - start), file=sys.stderr)
