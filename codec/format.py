@@ -20,7 +20,7 @@ import io
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 
@@ -641,9 +641,3 @@ def verify_end(src: Source, container: Container) -> None:
     tag, body, end = read_chunk(src, container.file_length - CHUNK_OVERHEAD, expect=TAG_END)
     if len(body) != 0 or end != src.size:
         raise FormatError("malformed END chunk")
-
-
-def iter_slabs(container: Container) -> Iterable[tuple[int, VolumeEntry, SlabEntry]]:
-    for t, v in enumerate(container.volumes):
-        for s in v.slabs:
-            yield t, v, s
