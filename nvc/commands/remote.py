@@ -124,10 +124,14 @@ def _matches(path: Path, suffixes: tuple[str, ...]) -> bool:
     return path.name.lower().endswith(suffixes) and not path.name.startswith(".")
 
 
-def _out_name(name: str, action: str, fmt: str) -> str:
-    from nvc.sdk._base import compressed_name, decompressed_name
+def _out_name(name: str, action: str, fmt: str, path: Path | None = None) -> str:
+    from nvc.sdk._base import compressed_name, decompressed_name, is_dicom_archive
 
-    return compressed_name(name) if action == "compress" else decompressed_name(name, fmt)
+    if action == "compress":
+        return compressed_name(name)
+    if path is not None and is_dicom_archive(path):  # a DICOM series archive comes back as a zip of its files
+        return decompressed_name(name, "zip")
+    return decompressed_name(name, fmt)
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -188,12 +192,12 @@ def plan(paths: list[str], action: str, output_dir: Path | None, fmt: str) -> li
             for path in found:
                 rel = path.relative_to(root).parent
                 folder = (output_dir / rel) if output_dir is not None else path.parent  # the layout under ROOT
-                items.append(Item(path, folder / _out_name(path.name, action, fmt), path.stat().st_size))
+                items.append(Item(path, folder / _out_name(path.name, action, fmt, path), path.stat().st_size))
         elif root.is_file():
             if not _matches(root, suffixes):
                 raise CLIError(f"{root}: not a {' / '.join(suffixes)} file")
             folder = output_dir if output_dir is not None else root.parent
-            items.append(Item(root, folder / _out_name(root.name, action, fmt), root.stat().st_size))
+            items.append(Item(root, folder / _out_name(root.name, action, fmt, root), root.stat().st_size))
         else:
             raise CLIError(f"{root}: no such file or directory")
     seen: dict[Path, Path] = {}

@@ -182,6 +182,21 @@ def compress_params(profile: str | None) -> dict[str, str]:
     return {"profile": profile} if profile else {}
 
 
+#: The preamble of a DICOM series archive (.nvc format version 2): it restores to a zip of files.
+ARCHIVE_PREAMBLE = b"\x89NVC\r\n\x1a\n\x02\x00\x00\x00"
+
+
+def is_dicom_archive(source: Source) -> bool:
+    """Whether `source` (a path or bytes) is a DICOM series archive, from its first 12 bytes."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source[:12]) == ARCHIVE_PREAMBLE
+    try:
+        with open(os.fspath(source), "rb") as fh:
+            return fh.read(12) == ARCHIVE_PREAMBLE
+    except OSError:
+        return False
+
+
 def decompress_params(fmt: str | None) -> dict[str, str]:
     if fmt and fmt not in DECOMPRESS_FORMATS:
         raise ValueError(f"format must be one of {', '.join(DECOMPRESS_FORMATS)}, not {fmt!r}")

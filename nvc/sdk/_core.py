@@ -460,7 +460,9 @@ class ClientCore:
         """Upload a ``.nvc`` file; the result will be ``format`` (``nii.gz`` by default, ``nii`` or ``npy``)."""
         if filename is None and isinstance(source, (bytes, bytearray, memoryview)):
             filename = "upload.nvc"
-        return (yield from self.plan_submit("/decompress", source, _base.decompress_params(format), filename=filename,
+        # a DICOM series archive always restores to a zip of its files (a volume format cannot apply)
+        params = {"format": "zip"} if _base.is_dicom_archive(source) else _base.decompress_params(format)
+        return (yield from self.plan_submit("/decompress", source, params, filename=filename,
                                             idempotency_key=idempotency_key, on_upload=on_upload,
                                             resume_upload=resume_upload))
 

@@ -148,6 +148,27 @@ def _verify_archive(nvc_path: Path, source: Path | None, what: str) -> str:
     return "restored=source"
 
 
+def _verify_restored_zip(zip_path: Path, archive: Path, what: str) -> str:
+    """The zip a DICOM archive was restored to must hold exactly the files a local restore gives."""
+    import zipfile
+
+    try:
+        from codec import dicom
+
+        restored = {item.name: item.data for item in dicom.iter_restored(dicom.open_archive(archive.read_bytes()))}
+    except Exception as exc:
+        raise VerificationError(f"{archive.name} does not restore locally: {exc}") from exc
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            got = {m.filename: zf.read(m) for m in zf.infolist() if not m.is_dir()}
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise VerificationError(f"{what} is not a readable zip: {exc}") from exc
+    if got != restored:
+        bad = sorted(n for n in set(got) | set(restored) if got.get(n) != restored.get(n))
+        raise VerificationError(f"{what}: {len(bad)} files differ from the local restore: {', '.join(bad[:5])}")
+    return "restored=result"
+
+
 def verify_decompressed(
     job: Job, out_path: Path, *, sha256: str | None, source: Path | None, mode: str = "auto"
 ) -> str:
@@ -159,7 +180,9 @@ def verify_decompressed(
     if _check_sha(job, sha256, what):
         checks.append("sha256")
     codec = _decoder(mode)
-    if codec is not None and source is not None:
+    if codec is not None and source is not None and _is_dicom_archive(source):
+        checks.append(_verify_restored_zip(out_path, source, what))
+    elif codec is not None and source is not None:
         try:
             reference = codec.decode(source.read_bytes())
         except Exception as exc:

@@ -48,3 +48,14 @@ def test_remote_compress_treats_a_dicom_folder_as_series(service_settings, make_
     assert info["instances_coded"] == 5 and info["files_verbatim"] == 1
     again = subprocess.run(cmd, capture_output=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "skip" in again.stderr.decode(), again.stderr.decode()
+
+    # and back: the archive restores to a zip of the original files, checked against a local restore
+    back = tmp_path / "zips"
+    proc = subprocess.run([sys.executable, "-m", "nvc.cli", "remote", "decompress", str(archive), "--server", url,
+                           "-o", str(back), "--no-progress"], capture_output=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "restored=result" in proc.stderr.decode(), proc.stderr.decode()
+    import zipfile
+
+    with zipfile.ZipFile(back / "study.zip") as zf:
+        assert {n: zf.read(n) for n in zf.namelist()} == tree(study)
