@@ -68,6 +68,9 @@ FIELDS: dict[str, type] = {
     "transfer_syntax": str,
     "callback_url": str,
     "notifications": list,
+    # attempts that woke up to find another attempt owning the job, and stopped (the last one's account)
+    "stale_attempts": int,
+    "stale_attempt_note": str,
 }
 
 #: Duration histograms kept in Redis (seconds); buckets suit tiny to multi-GB jobs.
@@ -363,6 +366,16 @@ class JobStore:
         mapping = encode_fields(fields)
         if mapping and self.exists(job_id):
             self.r.hset(self.keys.job(job_id), mapping=mapping)
+
+    def note_stale_attempt(self, job_id: str, note: str) -> None:
+        """Record that an attempt found another attempt owning the job and stopped (`note`: what
+        it did), so that what happened is on the record, not only in a worker's log."""
+        key = self.keys.job(job_id)
+        if self.exists(job_id):
+            pipe = self.r.pipeline()
+            pipe.hincrby(key, "stale_attempts", 1)
+            pipe.hset(key, "stale_attempt_note", note)
+            pipe.execute()
 
     def set_progress(self, job_id: str, progress: float | None, attempt_id: str = "") -> str:
         """Write progress (None: only the heartbeat) if the job is running under `attempt_id`;

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,13 +91,20 @@ def cleanup(rt: Runtime, job_id: str, prefix: str | None = None) -> None:
 
 
 def fetch_input(rt: Runtime, record: dict[str, Any], scratch: Path) -> Path:
-    """A local path of the input with the extension the codec expects (a symlink for local
-    storage, a download otherwise)."""
+    """A local path of the input with the extension the codec expects, that stays readable for
+    this attempt whatever happens to the stored upload: for local storage a hard link (a copy
+    across file systems), so that another attempt finishing the job and deleting the upload
+    cannot remove the input under this one; a download otherwise."""
     target = scratch / f"input{INPUT_SUFFIX[record['input_format']]}"
     try:
         in_place = with_storage(rt, "reading the upload", rt.storage.local_path, record["input_key"])
         if in_place is not None:
-            os.symlink(in_place, target)
+            try:
+                os.link(in_place, target)
+            except FileNotFoundError:
+                raise ObjectNotFound(record["input_key"]) from None
+            except OSError:  # another file system (or no hard links): a private copy
+                shutil.copyfile(in_place, target)
         else:
             with_storage(rt, "downloading the upload", rt.storage.get_file, record["input_key"], target)
     except ObjectNotFound:

@@ -119,9 +119,8 @@ def _run(rt: Runtime, record: dict[str, Any], kind: str, attempt: Attempt) -> di
             return BODIES[kind](rt, record, Path(scratch), settings.progress_interval_seconds, attempt)
         except JobCancelled as exc:
             if isinstance(exc, JobSuperseded) or str(exc) == "succeeded":  # never touch another attempt's result
-                log.info("job %s: another attempt took it over (%s); this one stops and leaves its objects alone",
-                         job_id, "finished" if str(exc) == "succeeded" else "running")
-                return "superseded"
+                return _stale(rt, job_id, attempt, "finished" if str(exc) == "succeeded" else "running",
+                              "stopped and left its objects alone")
             log.info("job %s stopped: %s", job_id, exc)
             cleanup(rt, job_id)
             return "cancelled"
@@ -129,13 +128,28 @@ def _run(rt: Runtime, record: dict[str, Any], kind: str, attempt: Attempt) -> di
             return _fail(rt, record, kind, attempt, exc)
 
 
+def _stale(rt: Runtime, job_id: str, attempt: Attempt, state: str, what: str) -> str:
+    """End an attempt that woke up to find the job owned by another (presumed lost, it was
+    superseded): log it and put it on the record (`stale_attempts`, `stale_attempt_note`)."""
+    note = f"attempt {attempt.number} ({attempt.id[:8]}) found another attempt owning the job (it is {state}): {what}"
+    log.info("job %s: another attempt took it over: %s", job_id, note)
+    try:
+        rt.store.note_stale_attempt(job_id, note)
+    except Exception as exc:  # the log line above is the account then
+        log.warning("job %s: could not record the stale attempt (%s)", job_id, exc)
+    return "superseded"
+
+
 def _fail(rt: Runtime, record: dict[str, Any], kind: str, attempt: Attempt, exc: Exception) -> str:
     job_id = record["id"]
     if not is_expected(exc):
         log.exception("job %s failed", job_id)
     finished = time.time()
+    error = describe_failure(exc)
     done, state = rt.store.transition(job_id, "failed", ["running"], guard={"attempt_id": attempt.id},
-                                      finished_at=finished, error=describe_failure(exc))
+                                      finished_at=finished, error=error)
+    if not done and state in ("running", "succeeded"):  # another attempt owns the job: its outcome stands
+        return _stale(rt, job_id, attempt, state, f"stopped after its own failure ({error}); the job was not touched")
     if done or state == "cancelled":
         cleanup(rt, job_id)
     if done:
@@ -153,10 +167,9 @@ def _succeed(rt: Runtime, record: dict[str, Any], kind: str, attempt: Attempt, r
             cleanup(rt, job_id)
             return state or "missing"
         # another attempt owns the job (or finished it): remove only this attempt's own result
-        log.info("job %s: another attempt took it over (it is %s); this one drops its result", job_id, state)
         if result["output_key"] != (store.get(job_id) or {}).get("output_key"):
             cleanup(rt, job_id, result["output_key"])
-        return "superseded"
+        return _stale(rt, job_id, attempt, state, "finished too and removed its own result")
     if kind != "decompress":  # a decompress job's upload is its .nvc: the slice routes show it
         cleanup(rt, job_id, f"{job_prefix(job_id)}input")  # the upload is not needed any more
     store.count_bytes("out", kind, result["output_size"])
