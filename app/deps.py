@@ -21,6 +21,7 @@ class Services:
     celery: Any  # celery.Celery (publishing only)
     store_epoch: str | None = None  # the job store's epoch as first seen (app/watchdog.py)
     slices: Any = None  # app.slices.SliceCache, made on first use by the slice routes
+    events: Any = None  # app.events.JobEvents: the one pub/sub listener long-polls share
 
 
 def get_services(request: Request) -> Services:

@@ -77,6 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             storage=make_storage(settings),
             celery=make_celery(settings),
         )
+        from app.events import JobEvents
+
+        services.events = JobEvents(client, services.jobs.keys.events(""), settings.max_long_polls)
         app.state.services = services
         from app.watchdog import remember_epoch, watchdog
 
@@ -103,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             if services.slices is not None:
                 services.slices.close()
+            await services.events.close()
             await client.aclose()
 
     app = FastAPI(

@@ -80,8 +80,9 @@ def nifti_bytes(array: np.ndarray, *, nifti_header: bytes | None = None, spacing
             layout, _ = headers.nifti_layout(nifti_header)
         except UnsupportedInputError as exc:
             raise FormatError(f"stored NIfTI header is invalid: {exc}") from None
-        if layout.shape != tuple(array.shape) or len(nifti_header) > layout.data_offset:
-            raise FormatError(f"stored NIfTI header describes shape {layout.shape}, the data has {array.shape}")
+        if layout.shape != tuple(array.shape) or layout.dtype != array.dtype or len(nifti_header) > layout.data_offset:
+            raise FormatError(f"stored NIfTI header describes {layout.dtype.str}{layout.shape}, the data is "
+                              f"{array.dtype.str}{tuple(array.shape)}")
         pad = b"\x00" * (layout.data_offset - len(nifti_header))
         return b"".join([nifti_header, pad, np.asarray(array, dtype=layout.dtype).tobytes(order="F"), trailing])
     import nibabel as nib
@@ -130,8 +131,9 @@ def npy_bytes(array: np.ndarray, *, npy_header: bytes | None = None, trailing: b
             layout = headers.npy_layout(npy_header)
         except UnsupportedInputError as exc:
             raise FormatError(f"stored .npy header is invalid: {exc}") from None
-        if layout.shape != tuple(array.shape) or layout.data_offset != len(npy_header):
-            raise FormatError(f"stored .npy header describes shape {layout.shape}, the data has {array.shape}")
+        if layout.shape != tuple(array.shape) or layout.dtype != array.dtype or layout.data_offset != len(npy_header):
+            raise FormatError(f"stored .npy header describes {layout.dtype.str}{layout.shape}, the data is "
+                              f"{array.dtype.str}{tuple(array.shape)}")
         order = "F" if layout.fortran_order else "C"
         return b"".join([npy_header, np.asarray(array, dtype=layout.dtype).tobytes(order=order), trailing])
     array = np.asarray(array)

@@ -83,9 +83,9 @@ class Settings(BaseSettings):
         "(default: DATA_DIR/api-keys.json).",
     )
     max_volume_bytes: int = Field(
-        default=8 * 1024**3, gt=0,
-        description="Largest volume (voxel bytes) an upload may declare in its header; larger is a 413 before "
-        "anything is allocated.",
+        default=1024**3, gt=0,
+        description="Largest volume (voxel bytes) an upload may declare in its header, or a .nvc decode to; "
+        "larger is a 413 before anything is allocated (a constant volume codes to a few bytes whatever its size).",
     )
     rate_limit_per_minute: int = Field(
         default=1200, ge=0, description="Requests per minute per API key on job routes (429 beyond; 0: no limit)."
@@ -98,6 +98,21 @@ class Settings(BaseSettings):
         default=120.0, gt=0,
         description="A request must be answered within this time (504), and an upload may stall at most this "
         "long between two chunks (408).",
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024,
+        description="Largest request line + headers of one request; larger is a 431 and the connection closes "
+        "(the bytes are not kept).",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0,
+        description="A connection must send complete request headers within this time (of connecting, or of its "
+        "previous response); else it is closed.",
+    )
+    max_long_polls: int = Field(
+        default=1000, ge=1,
+        description="`GET /jobs/{id}?wait=` requests waiting at once per API process (they share one Redis "
+        "subscription); beyond, a 429 with Retry-After.",
     )
     orphan_sweep_seconds: int = Field(
         default=600, ge=0, description="How often the API deletes stored objects whose job expired (0: never)."

@@ -190,7 +190,7 @@ class ServiceStack:
 
         port = free_port()
         self.api_proc = self._spawn(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+            [sys.executable, "-m", "app.server", "--host", "127.0.0.1",  # as `nvc api` serves it
              "--port", str(port), "--log-level", "warning"], "api",
         )
         self.url = f"http://127.0.0.1:{port}"

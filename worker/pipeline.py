@@ -54,13 +54,13 @@ def decompress(rt: Runtime, record: dict[str, Any], scratch: Path, interval: flo
         return dicom_jobs.decompress(rt, record, scratch, interval, attempt)
     job_id = record["id"]
     src = fetch_input(rt, record, scratch)
+    from codec.check import check_nvc
+
     with open(src, "rb") as handle:
-        meta = codec.info(handle)  # a bad upload fails here, before any decoding
-    if meta["raw_bytes"] > rt.settings.max_volume_bytes:
-        raise codec.UnsupportedInputError(
-            f"the .nvc declares {meta['raw_bytes']} bytes of voxels, more than the limit of "
-            f"{rt.settings.max_volume_bytes} bytes (NVC_MAX_VOLUME_BYTES)"
-        )
+        # the upload check's own rules (codec.check): a bad upload fails here, before any decoding
+        check_nvc(handle, verify_all=False, max_volume_bytes=rt.settings.max_volume_bytes)
+        handle.seek(0)
+        meta = codec.info(handle)
     dst = scratch / f"output.{record['output_format']}"
     progress = attempt.progress(rt.store, job_id, 0.0, 0.9, interval)
     progress.check()

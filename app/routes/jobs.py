@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from app.auth import current_owner
 from app.deps import Services, get_services
+from app.events import RECHECK_SECONDS
 from app.limits import ActiveJobs
 from app.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.routes.callbacks import job_callback
@@ -300,25 +301,20 @@ async def get_job(
 
 
 async def _wait_for_end(services: Services, job_id: str, wait: float) -> dict[str, Any] | None:
-    """Wait for a terminal state on the job's event channel (no polling sleeps)."""
-    pubsub = services.redis.pubsub()
-    try:
-        await pubsub.subscribe(services.jobs.keys.events(job_id))
+    """Wait for a terminal state, woken by the job's events on the listener all long-polls share
+    (app/events.py: one Redis connection, at most NVC_MAX_LONG_POLLS waiters, 429 beyond)."""
+    async with services.events.watch(job_id) as event:
         deadline = time.monotonic() + wait
         while True:
-            record = await services.jobs.get(job_id)  # after subscribing: no lost wake-up
+            event.clear()
+            record = await services.jobs.get(job_id)  # after registering: no lost wake-up
             if record is None or record["state"] in TERMINAL_STATES:
                 return record
             left = deadline - time.monotonic()
             if left <= 0:
                 return record
-            try:
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 5.0))
-            except asyncio.TimeoutError:
-                pass
-    finally:
-        with anyio.CancelScope(shield=True):
-            await pubsub.aclose()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(left, RECHECK_SECONDS))
 
 
 _MEDIA_TYPES = {"nvc": "application/octet-stream", "nii.gz": "application/gzip", "nii": "application/octet-stream",

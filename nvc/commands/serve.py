@@ -399,9 +399,11 @@ def api(args: argparse.Namespace) -> int:
 
         raise CLIError("NVC_REDIS_URL is not set (or use `nvc serve` to run everything on this machine)")
     print(f"nvc: {access_note(settings, args.host, args.port, args.allow_open)}", file=sys.stderr, flush=True)
+    from app.server import uvicorn_options
+
     uvicorn.run(
         "app.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-        log_level=args.log_level, proxy_headers=True, timeout_graceful_shutdown=30,
+        log_level=args.log_level, proxy_headers=True, timeout_graceful_shutdown=30, **uvicorn_options(settings),
     )
     return 0
 
@@ -451,9 +453,11 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr, flush=True,
         )
         print(f"nvc: {access}", file=sys.stderr, flush=True)
+        from app.server import uvicorn_options
+
         config = uvicorn.Config(
             "app.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=10, **uvicorn_options(settings),
         )
         # uvicorn re-raises the signal that stopped it; turn that into a normal return so the
         # children are stopped below (SIGTERM's default action would skip the `finally`).

@@ -172,3 +172,45 @@ def test_job_voxel_sha256_is_the_codec_definition(service_settings):
     finally:
         rt.store.r.close()
         runtime.reset()
+
+
+def _nvc_cases() -> dict[str, tuple[bytes, int, str]]:
+    """The .nvc uploads of issue 8 that the worker refused after a 202: each must be a 4xx now."""
+    import struct
+
+    import codec
+    from codec import format as fmt
+
+    rng = np.random.default_rng(0)
+    data = codec.encode(np.cumsum(rng.integers(-3, 4, size=(64, 48, 40)), axis=0).astype(np.int16))
+    pos, found = fmt.PREAMBLE.size, {}
+    while pos < len(data):
+        tag, length = fmt.CHUNK_HEAD.unpack_from(data, pos)
+        found[tag] = (pos, length)
+        pos += fmt.CHUNK_OVERHEAD + length
+
+    def forged(tag: bytes, where: int, form: str, value) -> bytes:
+        off, length = found[tag]
+        out = bytearray(data)
+        struct.pack_into(form, out, off + 12 + where, value)
+        body = bytes(out[off + 12 : off + 12 + length])
+        struct.pack_into("<I", out, off + 12 + length, fmt.crc32c(body, fmt.crc32c(bytes(out[off : off + 12]))))
+        return bytes(out)
+
+    header = fmt.Header(dtype=np.dtype("uint8"), shape=(2**10, 2**10, 2**11), spacing=None, sha256=bytes(32))
+    constant = fmt.build(header, [(7, 7, 0, None, [], [])], [])
+    return {
+        "model blob version 33": (forged(fmt.TAG_MODL, 0, "<B", 33), 422, "model blob version 33"),
+        "model not shipped": (forged(fmt.TAG_MODL, 3, "<B", ord("z")), 422, "not shipped"),
+        "forged width 174762": (forged(fmt.TAG_HEAD, 8, "<Q", 174762), 413, "working memory"),
+        "160-byte constant 2 GiB volume": (constant, 413, "limit"),
+    }
+
+
+@pytest.mark.parametrize("name", ["model blob version 33", "model not shipped", "forged width 174762",
+                                  "160-byte constant 2 GiB volume"])
+def test_nvc_uploads_the_worker_would_refuse_are_refused_at_upload(client, service_settings, name):
+    body, status, words = _nvc_cases()[name]
+    answer = client.post("/decompress", content=body)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == PROBLEM and words in answer.json()["detail"], answer.json()
