@@ -46,7 +46,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes received since the current request's first byte
+        self._tail = b""  # the last 3 of them: an end of headers may straddle two reads
         self._header_timer = None
         self._arm()
 
@@ -66,24 +67,31 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.conn.their_state is h11.IDLE:  # still reading a request line and headers
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_header_bytes:
+        if self.conn.their_state is h11.IDLE:  # reading a request line and headers: measure them first
+            buf = self._tail + data
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head_len = self._head_bytes - len(self._tail) + end + 4
+            else:
+                head_len = self._head_bytes + len(data)
+            if head_len > self.max_header_bytes:  # refuse, and keep none of it
                 self._disarm()
                 self.transport.write(_problem(
                     431, "Request Header Fields Too Large",
                     f"the request headers are larger than {self.max_header_bytes} bytes (NVC_MAX_HEADER_BYTES)"))
                 self.transport.close()
                 return
+            self._head_bytes += len(data)
+            self._tail = buf[-3:]
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the headers are complete: the request runs
             self._disarm()
-            self._head_bytes = 0
+            self._head_bytes, self._tail = 0, b""
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
-            self._head_bytes = 0
+            self._head_bytes, self._tail = 0, b""
             self._arm()  # the next request on this connection gets the same time for its headers
 
     def connection_lost(self, exc) -> None:

@@ -138,3 +138,16 @@ def test_connections_that_never_finish_their_headers_are_closed(service_settings
     assert time.monotonic() - start < 30
     with httpx.Client(base_url=url, timeout=30) as client:  # and the API still answers
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_large_body_right_after_the_headers_is_not_mistaken_for_large_headers(service_settings, make_stack):
+    stack = make_stack(service_settings)
+    url = stack.start_api()
+    port = int(url.rsplit(":", 1)[1])
+    body = npy_bytes(np.zeros((128, 128, 64), np.uint16))  # 2 MiB, sent with the headers in one write
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(60)
+    s.sendall(b"POST /compress HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    answer = s.recv(65536)
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:300]
