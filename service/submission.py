@@ -35,6 +35,8 @@ from service.storage import job_prefix
 
 #: Output formats of a decompress job (a DICOM archive's is always "zip").
 OUTPUT_FORMATS = tuple(FORMATS.values())
+#: Transfer syntaxes a DICOM archive can be exported to (codec.dicom_export.TRANSFER_SYNTAXES).
+TRANSFER_SYNTAXES = ("jpegls", "jpeg2000", "htj2k", "explicit-little")
 
 
 def input_key(job_id: str) -> str:
