@@ -67,9 +67,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         if not settings.redis_url:
             raise RuntimeError("NVC_REDIS_URL is not set (use `nvc serve` to run with an embedded Redis)")
-        client = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+        # A bounded pool: a burst of requests waits for a free connection (up to the request
+        # timeout) instead of opening one each until Redis refuses ("Too many connections").
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30,
+            max_connections=settings.redis_max_connections, timeout=settings.request_timeout_seconds,
         )
+        client = aioredis.Redis(connection_pool=pool)
         services = Services(
             settings=settings,
             redis=client,

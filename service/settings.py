@@ -109,6 +109,11 @@ class Settings(BaseSettings):
         description="A connection must send complete request headers within this time (of connecting, or of its "
         "previous response); else it is closed.",
     )
+    redis_max_connections: int = Field(
+        default=32, ge=4,
+        description="Redis connections of one API process (a shared, blocking pool: a burst waits for a free one; "
+        "long-polls share a single subscription besides).",
+    )
     max_long_polls: int = Field(
         default=1000, ge=1,
         description="`GET /jobs/{id}?wait=` requests waiting at once per API process (they share one Redis "

@@ -55,12 +55,20 @@ def test_sixty_long_polls_from_one_key_share_one_subscription(service_settings, 
     with httpx.Client(base_url=url, timeout=60) as client:
         job_id = queued_job(client)
         r = redis.Redis.from_url(service_settings.redis_url)
-        before = r.pubsub_numpat()
-        answers = concurrent_long_polls(url, job_id, 60, wait=4)
+        clients_before = r.info("clients")["connected_clients"]
+        during: list[int] = []
+        sampler = threading.Thread(target=lambda: [during.append(r.info("clients")["connected_clients"])
+                                                   or time.sleep(0.25) for _ in range(24)])
+        sampler.start()
+        answers = concurrent_long_polls(url, job_id, 60, wait=8)
+        sampler.join()
         statuses = [a.status_code for a in answers]
         assert statuses == [200] * 60, statuses
         assert all(a.json()["state"] == "queued" for a in answers)
-        assert r.pubsub_numpat() - before <= 1  # one pattern subscription for all of them
+        # a bounded pool plus one subscription, not a connection per waiting request (other
+        # tests may share this Redis, hence the margin)
+        growth = max(during) - clients_before
+        assert growth <= getattr(service_settings, "redis_max_connections", 32) + 8, (growth, during)
         r.close()
 
 
