@@ -188,6 +188,47 @@ class Features:
     bucket: np.ndarray  # (n,) int32 quarter-octave bucket of divisor
 
 
+def slab_bounds(depth: int, slab_depth: int) -> list[tuple[int, int]]:
+    """Fixed split: slabs of `slab_depth` slices, the last one shorter (files before 2026-12-01)."""
+    return [(z0, min(depth, z0 + slab_depth)) for z0 in range(0, depth, slab_depth)]
+
+
+#: Volumes of at least this many slices are split into at least two slabs, so that both cores of
+#: a small machine decode them (docs/decisions/0007-slab-split.md).
+MIN_SPLIT_SLICES = 16
+
+
+def plan_slabs(depth: int, slab_depth: int) -> list[tuple[int, int]]:
+    """The encoder's slab split: ceil(depth / slab_depth) slabs, at least 2 from MIN_SPLIT_SLICES
+    slices on, of balanced depths (differing by at most one slice, deeper ones first).
+
+    Slab bounds are stored in the file, so the split is the encoder's choice and needs no format
+    change; balanced slabs keep every thread equally busy (32 + 5 slices would leave one idle).
+    """
+    n = -(-depth // slab_depth)
+    if depth >= MIN_SPLIT_SLICES:
+        n = max(n, 2)
+    base, extra = divmod(depth, n)
+    bounds, z = [], 0
+    for i in range(n):
+        d = base + (1 if i < extra else 0)
+        bounds.append((z, z + d))
+        z += d
+    return bounds
+
+
+def load_into_buffer(
+    volume: np.ndarray, slabs: list[tuple[int, int]], vmin: int, spec: "ContextSpec | None" = None
+) -> tuple[SlabGeometry, np.ndarray]:
+    """Lay the slabs of a (Z, Y, X) volume into a padded flat buffer."""
+    neighbours = spec.neighbours if spec is not None else NEIGHBOURS
+    geometry = SlabGeometry(tuple(b - a for a, b in slabs), volume.shape[1], volume.shape[2], neighbours)
+    buffer = geometry.new_buffer(vmin)
+    for s, (a, b) in enumerate(slabs):
+        geometry.interior(buffer, s)[...] = volume[a:b]
+    return geometry, buffer
+
+
 def gather_neighbours(buffer: np.ndarray, index: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """(n, N_NEIGHBOURS) int32 context values of the voxels at flat `index` (decoder path).
 

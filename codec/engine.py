@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import constriction
 import numpy as np
-import torch
 
-from codec import registry
+from codec import native_core, registry
 from codec.blob import BLOB_VERSION, FLAG_TABLES, FLAG_WEIGHTS, parse_blob
-from codec.context import LOCAL, ContextSpec, SlabGeometry, gather_neighbours
+from codec.context import LOCAL, ContextSpec, SlabGeometry, gather_neighbours, load_into_buffer, plan_slabs
 from codec.entropy import (
+    N_KEYS,
+    N_TOKENS,
     AdaptiveTables,
     token_extra_bits,
     CodingTables,
@@ -40,12 +43,14 @@ from codec.entropy import (
     tokenize,
 )
 from codec.errors import FormatError, UnsupportedInputError
-from codec.fit import Samples, fit, load_into_buffer, sample_volume, slab_bounds
-from codec.network import IntMLP, quantize
+from codec.network import IntMLP
 from codec.profiles import PROFILES as _PROFILES
 from codec.profiles import get_profile
 from codec.progress import Progress
 from codec.schedule import Wavefront
+
+if TYPE_CHECKING:  # torch and the fitting code are imported only where fitting runs
+    from codec.fit import Samples
 
 PROFILES: tuple[str, ...] = tuple(_PROFILES)
 #: A coded voxel costs at least ~3.5e-4 bits (table cap), so a payload of B bytes can hold at
@@ -119,10 +124,15 @@ def describe_model(model_blob: bytes) -> dict:
 def torch_threads(threads: int | None):
     """Run torch with `threads` intra-op threads (default NVC_THREADS or 1), then restore.
 
-    One thread is the default: the decoder's per-step batches are small, and OpenMP
-    threads spinning against other busy processes (API, other workers) made a decode 20x
-    slower in measurements on a loaded 2-core machine. The result does not depend on it.
+    Only where torch is already imported (fitting, training, the GPU path): decoding and
+    encoding without fitting never import it. One thread is the default: OpenMP threads
+    spinning against other busy processes made a decode 20x slower in measurements on a
+    loaded 2-core machine. The result does not depend on it.
     """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
     want = threads if threads is not None else int(os.environ.get("NVC_THREADS", "1"))
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, want))
@@ -133,29 +143,57 @@ def torch_threads(threads: int | None):
 
 
 def encode_workers() -> int:
-    """Threads for the encoder's per-slice prediction (NVC_ENCODE_WORKERS, default: CPU count, at most 4)."""
+    """Threads for the reference encoder's per-slice prediction (NVC_ENCODE_WORKERS, default: CPU count, at most 4)."""
     env = os.environ.get("NVC_ENCODE_WORKERS")
     if env:
         return max(1, int(env))
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def default_device() -> torch.device:
-    """CUDA when available (NVC_DEVICE=cpu forces the CPU); results are identical either way."""
-    want = os.environ.get("NVC_DEVICE", "auto")
-    if want != "cpu" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+def default_device():
+    """None (the CPU: native core, else numpy) unless NVC_DEVICE=cuda asks for the torch GPU path.
+
+    Results are identical either way; the native CPU core is faster than the per-step GPU
+    path on every machine measured, so the GPU is opt-in.
+    """
+    if os.environ.get("NVC_DEVICE", "cpu") == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+    return None
+
+
+def _use_native(native: bool | None, device) -> bool:
+    """The native core runs unless the reference path is asked for (native=False, NVC_NATIVE=0,
+    a GPU device) or the extension is not built."""
+    if native is False or (device is not None and getattr(device, "type", "cpu") != "cpu"):
+        return False
+    if native and not native_core.available():
+        raise RuntimeError("the native core (codec._nvcore) is not built or NVC_NATIVE=0")
+    return native_core.available()
+
+
+def _groups(n: int, size: int) -> list[range]:
+    size = max(1, size)
+    return [range(i, min(n, i + size)) for i in range(0, n, size)]
 
 
 # --------------------------------------------------------------------------- encode
+def fit_steps(profile_name: str, voxels: int) -> int:
+    """Adam steps of per-volume fitting for a volume of `voxels` (0: no fitting, no torch)."""
+    profile = get_profile(profile_name)
+    steps = int(min(profile.fit_max_steps, max(profile.fit_min_steps, profile.fit_steps_per_mvoxel * voxels / 1e6)))
+    return 0 if voxels < 4096 else max(0, steps)
+
+
 def _choose_predictor(
     volume: np.ndarray,
     vmin: int,
     vmax: int,
     profile_name: str,
     progress: Progress,
-    laid_out: tuple[SlabGeometry, np.ndarray],
+    slabs: list[tuple[int, int]],
     shipped: registry.ShippedModel,
 ) -> Predictor:
     """The shipped model, or a copy fine-tuned on this volume when that pays for its weights."""
@@ -163,14 +201,17 @@ def _choose_predictor(
     tables = registry.load_tables(shipped.tables_file)
     spec = shipped.spec
     base = Predictor(shipped.net, tables, shipped.model_id, False, spec=spec)
-    mvox = volume.size / 1e6
-    steps = int(min(profile.fit_max_steps, max(profile.fit_min_steps, profile.fit_steps_per_mvoxel * mvox)))
-    if steps <= 0 or volume.size < 4096:
+    steps = fit_steps(profile_name, volume.size)
+    if steps <= 0:
         return base
+    import torch  # fitting is the only part of encoding that needs torch
+
+    from codec.fit import fit, quantize, sample_volume
+
     rng = np.random.default_rng(12345)
     n_held = min(65536, volume.size // 4)
     n_fit = int(min(profile.fit_samples, volume.size - n_held))
-    drawn = sample_volume(volume, vmin, vmax, profile.slab_depth, n_fit + n_held, rng, laid_out, spec)
+    drawn = sample_volume(volume, vmin, vmax, profile.slab_depth, n_fit + n_held, rng, None, spec, slabs=slabs)
     if progress:
         progress(0.02)
     samples = drawn.subset(slice(0, n_fit))
@@ -185,7 +226,7 @@ def _choose_predictor(
     return tuned if bits_tuned < bits_base else base
 
 
-def estimate_bits(pred: Predictor, samples: Samples) -> float:
+def estimate_bits(pred: Predictor, samples: "Samples") -> float:
     """Total bits the coder would spend on these sample voxels (table cost + extra bits)."""
     feats = samples.features()
     vmin, vmax = int(samples.aux[0, 4]), int(samples.aux[0, 5])
@@ -203,17 +244,22 @@ def encode_volume(
     profile: str = "default",
     progress: Progress = None,
     threads: int | None = None,
-    device: torch.device | None = None,
+    device=None,
     base_model: registry.ShippedModel | None = None,
+    native: bool | None = None,
+    slabs: list[tuple[int, int]] | None = None,
 ) -> EncodedVolume:
     """Code a (Z, Y, X) int32 volume with values in [vmin, vmax].
 
+    `native`: None = the native core when built, False = the reference Python path, True =
+    the native core or an error (both write the same bytes). `threads`: slabs coded at once
+    (default NVC_THREADS or the CPU count). `slabs`: the slab split (default `plan_slabs`).
     `base_model` replaces the profile's shipped model: for evaluation only (leave-one-out
     training measures sizes with models that are not shipped, so their files cannot be decoded).
     """
     with torch_threads(threads):
         shipped = base_model or registry.current_model(profile)
-        return _encode_volume(volume, vmin, vmax, profile, progress, device, shipped)
+        return _encode_volume(volume, vmin, vmax, profile, progress, device, shipped, native, threads, slabs)
 
 
 def _encode_volume(
@@ -222,8 +268,11 @@ def _encode_volume(
     vmax: int,
     profile: str,
     progress: Progress,
-    device: torch.device | None,
+    device,
     shipped: registry.ShippedModel,
+    native: bool | None,
+    threads: int | None,
+    slabs: list[tuple[int, int]] | None,
 ) -> EncodedVolume:
     if volume.ndim != 3 or volume.size == 0:
         raise UnsupportedInputError(f"engine expects a non-empty (Z, Y, X) volume, got shape {volume.shape}")
@@ -232,19 +281,65 @@ def _encode_volume(
     volume = np.ascontiguousarray(volume, dtype=np.int32)
     prof = get_profile(profile)
     spec = shipped.spec
-    slabs = slab_bounds(volume.shape[0], prof.slab_depth)
-    geometry, buffer = load_into_buffer(volume, slabs, vmin, spec)
-    pred = _choose_predictor(volume, vmin, vmax, profile, progress, (geometry, buffer), shipped)
-    device = device or default_device()
+    slabs = list(slabs) if slabs is not None else plan_slabs(volume.shape[0], prof.slab_depth)
+    pred = _choose_predictor(volume, vmin, vmax, profile, progress, slabs, shipped)
+    device = device if device is not None else default_device()
+    use_native = _use_native(native, device)
+    if progress:
+        progress(0.4)
 
-    # 1. every voxel's coding parameters at once (the encoder knows all values)
+    # 1. every voxel's coding parameters (the encoder knows all values), 2. token counts
+    if use_native:
+        n_threads = native_core.slab_threads(threads, len(slabs))
+        symbols = np.empty(volume.shape, dtype=np.uint32)
+        counts = np.zeros((N_KEYS, N_TOKENS), dtype=np.int64)
+        groups = _groups(len(slabs), n_threads) if progress else [range(len(slabs))]
+        for g in groups:
+            part = [slabs[i] for i in g]
+            sym, c = native_core.predict(pred.net, spec, volume[part[0][0] : part[-1][1]],
+                                         [(a - part[0][0], b - part[0][0]) for a, b in part], vmin, vmax, n_threads)
+            symbols[part[0][0] : part[-1][1]] = sym
+            counts += c
+            del sym
+            if progress:
+                progress(0.4 + 0.4 * (g[-1] + 1) / len(slabs))
+    else:
+        counts, reference_symbols = _reference_predict(volume, vmin, vmax, slabs, pred, spec, device, progress)
+
+    # 3. token tables measured on this volume, when they pay for their bytes
+    adaptive = AdaptiveTables.from_counts(counts)
+    static_bits = float((counts * pred.tables.cost_bits).sum())
+    if adaptive.cost_bits(counts) + 8 * (len(adaptive.to_bytes()) + 4) < static_bits:
+        pred.adaptive = adaptive
+    tables = pred.coding_tables
+
+    # 4. emit symbols in the decoder's order
+    if use_native:
+        payloads: list[bytes] = []
+        for g in _groups(len(slabs), n_threads) if progress else [range(len(slabs))]:
+            part = [slabs[i] for i in g]
+            z0 = part[0][0]
+            payloads += native_core.emit(spec, tables, symbols[z0 : part[-1][1]], [(a - z0, b - z0) for a, b in part],
+                                         n_threads)
+            if progress:
+                progress(0.8 + 0.2 * (g[-1] + 1) / len(slabs))
+        del symbols
+    else:
+        payloads = _reference_emit(reference_symbols, slabs, tables, progress)
+    if progress:
+        progress(1.0)
+    return EncodedVolume(pred.blob(), slabs, payloads)
+
+
+def _reference_predict(volume, vmin, vmax, slabs, pred: Predictor, spec: ContextSpec, device, progress):
+    """Reference (numpy) prediction pass: token counts and per-voxel (key, token, extra) arrays."""
+    geometry, buffer = load_into_buffer(volume, slabs, vmin, spec)
     keys = np.zeros(geometry.total_size, dtype=np.int32)
     tokens = np.zeros(geometry.total_size, dtype=np.int32)
     extra = np.zeros(geometry.total_size, dtype=np.int32)
     cache: dict = {}
     Y, X = geometry.height, geometry.width
-    pred.net.forward(np.zeros((1, pred.net.n_inputs), np.float32), device, cache)  # build the layer cache once
-    rows_per_task = max(1, min(Y, (1 << 22) // (X * len(geometry.neighbours))))
+    rows_per_task = max(1, min(Y, (1 << 16) // (X * len(geometry.neighbours)) or 1))
 
     def predict_rows(task: tuple[int, int, int]) -> None:
         s, z, y0 = task
@@ -259,26 +354,22 @@ def _encode_volume(
         geometry.interior(tokens, s)[z, y0:y1] = t.reshape(shape)
         geometry.interior(extra, s)[z, y0:y1] = ex.reshape(shape)
 
-    # Slices are independent here; numpy and torch release the GIL on these large arrays,
-    # so a few threads use the machine's cores without processes.
+    # Slices are independent here; numpy releases the GIL on these arrays, so a few threads
+    # use the machine's cores without processes.
     tasks = [(s, z, y0) for s, depth in enumerate(geometry.depths) for z in range(depth) for y0 in range(0, Y, rows_per_task)]
     with ThreadPoolExecutor(max_workers=encode_workers()) as pool:
         for done, _ in enumerate(pool.map(predict_rows, tasks), 1):
             if progress:
                 progress(0.4 + 0.4 * done / len(tasks))
-
-    # 2. token tables measured on this volume, when they pay for their bytes
     interior_keys = np.concatenate([geometry.interior(keys, s).ravel() for s in range(len(slabs))])
     interior_tokens = np.concatenate([geometry.interior(tokens, s).ravel() for s in range(len(slabs))])
     counts = AdaptiveTables.count(interior_keys, interior_tokens)
-    del interior_keys, interior_tokens
-    adaptive = AdaptiveTables.from_counts(counts)
-    static_bits = float((counts * pred.tables.cost_bits).sum())
-    if adaptive.cost_bits(counts) + 8 * (len(adaptive.to_bytes()) + 4) < static_bits:
-        pred.adaptive = adaptive
-    tables = pred.coding_tables
+    return counts, (geometry, keys, tokens, extra)
 
-    # 3. emit symbols in the decoder's order
+
+def _reference_emit(reference_symbols, slabs, tables, progress) -> list[bytes]:
+    """Reference emission: constriction's range coder, symbols in the decoder's order."""
+    geometry, keys, tokens, extra = reference_symbols
     encoders = [constriction.stream.queue.RangeEncoder() for _ in slabs]
     wave = Wavefront(geometry)
     for i, step in enumerate(wave.steps()):
@@ -289,10 +380,7 @@ def _encode_volume(
             encode_step(encoders[s], tables, keys[sel], tok, token_extra_bits(tok), extra[sel])
         if progress and i % 256 == 0:
             progress(0.8 + 0.2 * i / max(1, wave.n_steps))
-    payloads = [e.get_compressed().tobytes() for e in encoders]
-    if progress:
-        progress(1.0)
-    return EncodedVolume(pred.blob(), slabs, payloads)
+    return [e.get_compressed().tobytes() for e in encoders]
 
 
 # --------------------------------------------------------------------------- decode
@@ -305,11 +393,16 @@ def decode_slabs(
     vmax: int,
     progress: Progress = None,
     threads: int | None = None,
-    device: torch.device | None = None,
+    device=None,
+    native: bool | None = None,
 ) -> list[np.ndarray]:
-    """Decode independently coded slabs (all at once, one wavefront) into int32 (z, y, x) arrays."""
+    """Decode independently coded slabs into int32 (z, y, x) arrays.
+
+    Native core: one thread per slab (at most `threads`, default NVC_THREADS or the CPU
+    count). Reference path (`native=False`): all slabs in one wavefront, numpy or torch.
+    """
     with torch_threads(threads):
-        return _decode_slabs(model_blob, payloads, shapes, vmin, vmax, progress, device)
+        return _decode_slabs(model_blob, payloads, shapes, vmin, vmax, progress, device, native, threads)
 
 
 def _decode_slabs(
@@ -319,7 +412,9 @@ def _decode_slabs(
     vmin: int,
     vmax: int,
     progress: Progress,
-    device: torch.device | None,
+    device,
+    native: bool | None,
+    threads: int | None,
 ) -> list[np.ndarray]:
     if len(payloads) != len(shapes):
         raise FormatError("number of slab payloads and shapes differ")
@@ -342,11 +437,28 @@ def _decode_slabs(
         if len(payload) % 4:
             raise FormatError("slab payload length is not a multiple of 4 bytes")
     pred = Predictor.from_blob(model_blob)
+    device = device if device is not None else default_device()
+    if _use_native(native, device):
+        n_threads = native_core.slab_threads(threads, len(shapes))
+        out: list[np.ndarray] = []
+        for g in _groups(len(shapes), n_threads) if progress else [range(len(shapes))]:
+            try:
+                out += native_core.decode(pred.net, pred.spec, pred.coding_tables, [payloads[i] for i in g],
+                                          [tuple(shapes[i]) for i in g], vmin, vmax, n_threads)
+            except ValueError as exc:
+                raise FormatError(f"slab payload is corrupt: {exc}") from None
+            if progress:
+                progress((g[-1] + 1) / len(shapes))
+        return out
+    return _reference_decode(pred, payloads, shapes, vmin, vmax, progress, device)
+
+
+def _reference_decode(pred: Predictor, payloads, shapes, vmin: int, vmax: int, progress: Progress, device) -> list[np.ndarray]:
+    """Reference decoder: every slab in one wavefront, one network batch per step, constriction."""
     geometry = SlabGeometry(tuple(s[0] for s in shapes), shapes[0][1], shapes[0][2], pred.spec.neighbours)
     buffer = geometry.new_buffer(vmin)
     decoders = [constriction.stream.queue.RangeDecoder(np.frombuffer(p, dtype=np.uint32).copy()) for p in payloads]
     offsets = geometry.offsets
-    device = device or default_device()
     cache: dict = {}
     tables = pred.coding_tables
     wave = Wavefront(geometry)
@@ -371,5 +483,3 @@ def _decode_slabs(
     if progress:
         progress(1.0)
     return [np.ascontiguousarray(geometry.interior(buffer, s)) for s in range(len(shapes))]
-
-

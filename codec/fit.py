@@ -1,4 +1,7 @@
-"""Training objective and per-volume fitting.
+"""Training objective, the float twin of the network, quantisation and per-volume fitting.
+
+The only codec module (with `codec.train`) that imports torch: decoding and encoding
+without fitting never import it.
 
 The loss is the code length in bits the coder will actually spend on a voxel: a
 discretised Laplace around the *rounded* mean (straight-through rounding), with the
@@ -16,11 +19,101 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from codec.context import LOCAL, ContextSpec, Features, SlabGeometry, gather_neighbours
+from codec.context import (
+    LOCAL,
+    MEAN_FRAC_BITS,
+    ContextSpec,
+    Features,
+    SlabGeometry,
+    gather_neighbours,
+    load_into_buffer,
+    slab_bounds,
+)
 from codec.entropy import BASE_SCALE, N_CLASSES
-from codec.network import FloatMLP
+from codec.network import (
+    ACT_MAX,
+    INPUT_FRAC_BITS,
+    LEAKY_SHIFT,
+    MAX_BIAS,
+    MAX_FAN_IN,
+    WEIGHT_MAX,
+    IntLayer,
+    IntMLP,
+)
 
 LN2 = math.log(2.0)
+
+__all__ = ["FloatMLP", "quantize", "Samples", "sample_volume", "fit", "mean_bits", "code_length_bits",
+           "slab_bounds", "load_into_buffer"]
+
+
+class FloatMLP(torch.nn.Module):
+    """Float twin of IntMLP used for training and fine-tuning."""
+
+    def __init__(self, widths: tuple[int, ...], n_inputs: int) -> None:
+        super().__init__()
+        dims = (n_inputs, *widths, 2)
+        self.n_inputs = n_inputs
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.widths = tuple(widths)
+        with torch.no_grad():  # start the scale output mid-range (class ~ 32) rather than at its bottom end
+            self.layers[-1].bias[1] = 32.0 if n_inputs > MAX_FAN_IN else 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x / float(1 << INPUT_FRAC_BITS)
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = torch.nn.functional.leaky_relu(h, 1.0 / (1 << LEAKY_SHIFT))
+        return h  # (n, 2): mean offset (feature units / 64), log-scale offset (quarter octaves)
+
+
+def _channel_shift(max_abs: np.ndarray, limit: int) -> np.ndarray:
+    """Largest s with max_abs * 2^s <= limit (per channel)."""
+    with np.errstate(divide="ignore"):
+        s = np.floor(np.log2(limit / np.maximum(max_abs, 1e-12)))
+    return np.clip(s, -20, 30).astype(np.int64)
+
+
+def quantize(model: FloatMLP, calibration: np.ndarray) -> IntMLP:
+    """Quantise a float model; activation scales come from `calibration` inputs (n, n_inputs)."""
+    with torch.no_grad():
+        x = torch.as_tensor(calibration, dtype=torch.float32)
+        h = x / float(1 << INPUT_FRAC_BITS)
+        act_frac = [INPUT_FRAC_BITS]  # fractional bits of each layer's integer input
+        for i, layer in enumerate(model.layers[:-1]):
+            h = torch.nn.functional.leaky_relu(layer(h), 1.0 / (1 << LEAKY_SHIFT))
+            peak = float(torch.quantile(h.abs().flatten()[:1_000_000], 0.9999)) if h.numel() else 1.0
+            peak = max(peak, 1e-3)
+            act_frac.append(int(np.floor(np.log2(ACT_MAX / peak))))
+    layers = []
+    n = len(model.layers)
+    for i, layer in enumerate(model.layers):
+        w = layer.weight.detach().double().numpy()
+        b = layer.bias.detach().double().numpy()
+        ws = _channel_shift(np.abs(w).max(axis=1), WEIGHT_MAX)
+        wq = np.clip(np.round(w * np.exp2(ws)[:, None]), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int64)
+        acc_frac = ws + act_frac[i]  # accumulator fixed point per output channel
+        # a bias too large for MAX_BIAS at this precision costs the channel weight bits instead
+        over = np.ceil(np.log2(np.maximum(np.abs(b) * np.exp2(acc_frac), 1.0) / (MAX_BIAS // 2)))
+        over = np.maximum(over, 0).astype(np.int64)
+        if over.any():
+            ws = ws - over
+            wq = np.clip(np.round(w * np.exp2(ws)[:, None]), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int64)
+            acc_frac = ws + act_frac[i]
+        bq = np.round(b * np.exp2(acc_frac)).astype(np.int64)
+        if i < n - 1:
+            out_frac = np.full_like(acc_frac, act_frac[i + 1])
+        else:
+            out_frac = np.asarray([MEAN_FRAC_BITS, 0], dtype=np.int64)
+        # shift < 0 (a left shift) keeps every weight bit when the accumulator has fewer
+        # fractional bits than the output wants; multiplying by 2^-shift is exact either way.
+        shift = acc_frac - out_frac
+        # round to nearest rather than down: add half of the shift's unit to the bias
+        bq = bq + np.where(shift > 0, np.int64(1) << np.maximum(shift - 1, 0), 0)
+        bq = np.clip(bq, -MAX_BIAS, MAX_BIAS)
+        layers.append(IntLayer(wq, bq, shift))
+    return IntMLP(model.n_inputs, model.widths, layers)
 
 
 @dataclass
@@ -54,21 +147,6 @@ class Samples:
         return self.aux[:, 3].numpy().astype(np.int64)
 
 
-def slab_bounds(depth: int, slab_depth: int) -> list[tuple[int, int]]:
-    return [(z0, min(depth, z0 + slab_depth)) for z0 in range(0, depth, slab_depth)]
-
-
-def load_into_buffer(
-    volume: np.ndarray, slabs: list[tuple[int, int]], vmin: int, spec: ContextSpec = LOCAL
-) -> tuple[SlabGeometry, np.ndarray]:
-    """Lay the slabs of a (Z, Y, X) volume into a padded flat buffer."""
-    geometry = SlabGeometry(tuple(b - a for a, b in slabs), volume.shape[1], volume.shape[2], spec.neighbours)
-    buffer = geometry.new_buffer(vmin)
-    for s, (a, b) in enumerate(slabs):
-        geometry.interior(buffer, s)[...] = volume[a:b]
-    return geometry, buffer
-
-
 def sample_volume(
     volume: np.ndarray,
     vmin: int,
@@ -78,21 +156,26 @@ def sample_volume(
     rng: np.random.Generator,
     laid_out: tuple[SlabGeometry, np.ndarray] | None = None,
     spec: ContextSpec = LOCAL,
+    slabs: list[tuple[int, int]] | None = None,
 ) -> Samples:
-    """Features of `n` voxels drawn uniformly from the volume, as coded with slabs of slab_depth.
+    """Features of `n` voxels drawn uniformly from the volume, as coded with these slabs
+    (default: fixed slabs of slab_depth).
 
     `laid_out` is the volume already in its padded slab buffer (saves a copy of the volume).
     """
     Z, Y, X = volume.shape
-    geometry, buffer = laid_out or load_into_buffer(volume, slab_bounds(Z, slab_depth), vmin, spec)
+    slabs = list(slabs) if slabs is not None else slab_bounds(Z, slab_depth)
+    geometry, buffer = laid_out or load_into_buffer(volume, slabs, vmin, spec)
     n = min(n, volume.size)
     flat = rng.choice(volume.size, size=n, replace=False) if n < volume.size else np.arange(volume.size)
     z, rem = np.divmod(flat, Y * X)
     y, x = np.divmod(rem, X)
-    slab = z // slab_depth
-    zl = z - slab * slab_depth
+    starts = np.asarray([a for a, _ in slabs], dtype=np.int64)
+    slab = np.searchsorted(starts, z, side="right") - 1
+    zl = z - starts[slab]
     index = geometry.bases[slab] + geometry.voxel_index(0, zl, y, x) - geometry.bases[0]
     feats = spec.features(gather_neighbours(buffer, index, geometry.offsets), zl == 0, vmin, vmax)
+    del buffer
     aux = np.stack(
         [feats.ref, feats.divisor, feats.bucket, volume.reshape(-1)[flat], np.full(n, vmin), np.full(n, vmax)], axis=1
     )

@@ -1,6 +1,6 @@
 """The predictor: a small MLP trained in float, run in exact integer arithmetic.
 
-Training uses `FloatMLP` (torch, float32). For coding, the weights are quantised into an
+Training uses `FloatMLP` (torch, float32, in `codec.fit`). For coding, the weights are quantised into an
 `IntMLP`: int16 weights with a power-of-two scale per output channel, integer biases and
 activations held as integers of at most 15 bits plus sign. The matrix products run in
 float64 (BLAS on CPU, cuBLAS on GPU) but only ever see integers: every |product| is at most
@@ -21,10 +21,11 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-import numpy as np
-import torch
+from functools import cached_property
 
-from codec.context import FEATURE_SHIFT, MEAN_FRAC_BITS
+import numpy as np
+
+from codec.context import FEATURE_SHIFT
 from codec.errors import FormatError
 
 WEIGHT_MAX = 32767
@@ -37,27 +38,11 @@ MAX_WIDE_FAN_IN = 4096
 assert MAX_WIDE_FAN_IN * WEIGHT_MAX * ACT_MAX + MAX_BIAS < 1 << 53
 LEAKY_SHIFT = 3  # leaky ReLU slope 1/8: h < 0 -> floor(h / 8)
 INPUT_FRAC_BITS = FEATURE_SHIFT  # integer inputs are features * 2^6
-
-
-class FloatMLP(torch.nn.Module):
-    """Float twin of IntMLP used for training and fine-tuning."""
-
-    def __init__(self, widths: tuple[int, ...], n_inputs: int) -> None:
-        super().__init__()
-        dims = (n_inputs, *widths, 2)
-        self.n_inputs = n_inputs
-        self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.widths = tuple(widths)
-        with torch.no_grad():  # start the scale output mid-range (class ~ 32) rather than at its bottom end
-            self.layers[-1].bias[1] = 32.0 if n_inputs > MAX_FAN_IN else 0.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x / float(1 << INPUT_FRAC_BITS)
-        for i, layer in enumerate(self.layers):
-            h = layer(h)
-            if i < len(self.layers) - 1:
-                h = torch.nn.functional.leaky_relu(h, 1.0 / (1 << LEAKY_SHIFT))
-        return h  # (n, 2): mean offset (feature units / 64), log-scale offset (quarter octaves)
+#: Integer outputs are clipped to +-2^62 before the conversion to int64 (a float64 beyond int64 has
+#: no defined conversion); the coding parameters clip them far tighter (+-2^30, +-100) anyway.
+OUTPUT_LIMIT = float(1 << 62)
+#: The native kernels pad each layer's outputs to blocks of this many channels (codec/native/core.h).
+OUT_BLOCK = 8
 
 
 @dataclass
@@ -131,91 +116,59 @@ class IntMLP:
         return int(sum(l.weight.size + l.bias.size for l in self.layers))
 
     # ---------------------------------------------------------------- inference
-    def torch_layers(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per layer: bias, weights (in, out) and the per-channel factor 2^-shift, as floats."""
-        dtype = torch.float64
-        out = []
-        for layer in self.layers:
-            w = torch.as_tensor(layer.weight.T.copy(), dtype=dtype, device=device)
-            bias = torch.as_tensor(layer.bias, dtype=dtype, device=device)
-            scale = torch.as_tensor(np.exp2(-layer.shift.astype(np.float64)), dtype=dtype, device=device)
-            out.append((bias, w, scale))
-        return out
+    @cached_property
+    def _float64_layers(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per layer: weights (in, out), bias and the per-channel factor 2^-shift, as float64."""
+        return [
+            (np.ascontiguousarray(l.weight.T, dtype=np.float64), l.bias.astype(np.float64), np.exp2(-l.shift.astype(np.float64)))
+            for l in self.layers
+        ]
 
-    def forward(self, inputs: np.ndarray, device: torch.device | None = None, cache: dict | None = None) -> np.ndarray:
-        """Exact integer forward pass: (n, n_inputs) int -> (n, 2) int64.
+    def forward(self, inputs: np.ndarray, device=None, cache: dict | None = None) -> np.ndarray:
+        """Exact integer forward pass: (n, n_inputs) int -> (n, 2) int64 (the reference; numpy).
 
         Each layer computes floor(leaky((h @ W + bias) * 2^-shift)) and clamps hidden
         activations to [-ACT_MAX, ACT_MAX]. |h| <= 32767, |W| <= 32767, fan-in <= 4096 and
         |bias| <= 2^40 (checked when weights are loaded), so h @ W + bias is an integer below
-        2^53 for every partial sum in any order: exact in float64 on any CPU or GPU.
-        Multiplying by a power of two, the leaky slope 1/8 and floor are exact too.
+        2^53 for every partial sum in any order: exact in float64 BLAS, in the native kernels
+        (any blocking, with or without FMA) and on a GPU. Multiplying by a power of two, the
+        leaky slope 1/8 and floor are exact too. `device` (a torch CUDA device) runs the same
+        arithmetic in torch on that device; torch is imported only then.
         """
-        device = device or torch.device("cpu")
+        if device is not None and getattr(device, "type", "cpu") != "cpu":
+            return self._forward_torch(inputs, device, cache)
+        h = np.asarray(inputs, dtype=np.float64)
+        last = len(self.layers) - 1
+        for i, (w, bias, scale) in enumerate(self._float64_layers):
+            h = h @ w
+            h += bias
+            h *= scale
+            if i < last:
+                np.multiply(h, 1.0 / (1 << LEAKY_SHIFT), out=h, where=h < 0)
+                np.floor(h, out=h)
+                np.clip(h, -ACT_MAX, ACT_MAX, out=h)
+            else:
+                np.floor(h, out=h)
+        return np.clip(h, -OUTPUT_LIMIT, OUTPUT_LIMIT).astype(np.int64)
+
+    def _forward_torch(self, inputs: np.ndarray, device, cache: dict | None) -> np.ndarray:
+        """The same exact arithmetic in torch float64 on `device` (GPU workers)."""
+        import torch
+
         key = ("layers", str(device))
-        if cache is not None and key in cache:
-            layers = cache[key]
-        else:
-            layers = self.torch_layers(device)
+        layers = cache.get(key) if cache is not None else None
+        if layers is None:
+            layers = [tuple(torch.as_tensor(a, device=device) for a in t) for t in self._float64_layers]
             if cache is not None:
                 cache[key] = layers
-        dtype = layers[0][0].dtype
         with torch.no_grad():
-            h = torch.as_tensor(inputs, device=device).to(dtype)
+            h = torch.as_tensor(np.asarray(inputs), device=device).to(torch.float64)
             last = len(layers) - 1
-            for i, (bias, w, scale) in enumerate(layers):
+            for i, (w, bias, scale) in enumerate(layers):
                 h = torch.addmm(bias, h, w).mul_(scale)
                 if i < last:
                     torch.nn.functional.leaky_relu_(h, 1.0 / (1 << LEAKY_SHIFT))
                     h.floor_().clamp_(-ACT_MAX, ACT_MAX)
                 else:
                     h.floor_()
-            return h.to(torch.int64).cpu().numpy()
-
-
-def _channel_shift(max_abs: np.ndarray, limit: int) -> np.ndarray:
-    """Largest s with max_abs * 2^s <= limit (per channel)."""
-    with np.errstate(divide="ignore"):
-        s = np.floor(np.log2(limit / np.maximum(max_abs, 1e-12)))
-    return np.clip(s, -20, 30).astype(np.int64)
-
-
-def quantize(model: FloatMLP, calibration: np.ndarray) -> IntMLP:
-    """Quantise a float model; activation scales come from `calibration` inputs (n, n_inputs)."""
-    with torch.no_grad():
-        x = torch.as_tensor(calibration, dtype=torch.float32)
-        h = x / float(1 << INPUT_FRAC_BITS)
-        act_frac = [INPUT_FRAC_BITS]  # fractional bits of each layer's integer input
-        for i, layer in enumerate(model.layers[:-1]):
-            h = torch.nn.functional.leaky_relu(layer(h), 1.0 / (1 << LEAKY_SHIFT))
-            peak = float(torch.quantile(h.abs().flatten()[:1_000_000], 0.9999)) if h.numel() else 1.0
-            peak = max(peak, 1e-3)
-            act_frac.append(int(np.floor(np.log2(ACT_MAX / peak))))
-    layers = []
-    n = len(model.layers)
-    for i, layer in enumerate(model.layers):
-        w = layer.weight.detach().double().numpy()
-        b = layer.bias.detach().double().numpy()
-        ws = _channel_shift(np.abs(w).max(axis=1), WEIGHT_MAX)
-        wq = np.clip(np.round(w * np.exp2(ws)[:, None]), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int64)
-        acc_frac = ws + act_frac[i]  # accumulator fixed point per output channel
-        # a bias too large for MAX_BIAS at this precision costs the channel weight bits instead
-        over = np.ceil(np.log2(np.maximum(np.abs(b) * np.exp2(acc_frac), 1.0) / (MAX_BIAS // 2)))
-        over = np.maximum(over, 0).astype(np.int64)
-        if over.any():
-            ws = ws - over
-            wq = np.clip(np.round(w * np.exp2(ws)[:, None]), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int64)
-            acc_frac = ws + act_frac[i]
-        bq = np.round(b * np.exp2(acc_frac)).astype(np.int64)
-        if i < n - 1:
-            out_frac = np.full_like(acc_frac, act_frac[i + 1])
-        else:
-            out_frac = np.asarray([MEAN_FRAC_BITS, 0], dtype=np.int64)
-        # shift < 0 (a left shift) keeps every weight bit when the accumulator has fewer
-        # fractional bits than the output wants; multiplying by 2^-shift is exact either way.
-        shift = acc_frac - out_frac
-        # round to nearest rather than down: add half of the shift's unit to the bias
-        bq = bq + np.where(shift > 0, np.int64(1) << np.maximum(shift - 1, 0), 0)
-        bq = np.clip(bq, -MAX_BIAS, MAX_BIAS)
-        layers.append(IntLayer(wq, bq, shift))
-    return IntMLP(model.n_inputs, model.widths, layers)
+            return h.clamp_(-OUTPUT_LIMIT, OUTPUT_LIMIT).to(torch.int64).cpu().numpy()

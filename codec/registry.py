@@ -12,6 +12,7 @@ import io
 import json
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,10 @@ import numpy as np
 from codec.blob import MODELS_DIR, check_shipped, model_path
 from codec.entropy import CodingTables
 from codec.errors import FormatError
-from codec.network import FloatMLP, IntMLP
+from codec.network import IntMLP
+
+if TYPE_CHECKING:  # torch is imported only where fitting or training runs
+    from codec.fit import FloatMLP
 
 
 @dataclass
@@ -41,8 +45,10 @@ class ShippedModel:
             raise FormatError(f"model {self.model_id} belongs to unknown profile {self.profile!r}")
         return context_spec(PROFILES[self.profile].context)
 
-    def float_model(self) -> FloatMLP:
+    def float_model(self) -> "FloatMLP":
         import torch
+
+        from codec.fit import FloatMLP
 
         model = FloatMLP(self.net.widths, self.net.n_inputs)
         model.load_state_dict({k: torch.as_tensor(v) for k, v in self.float_state.items()})
@@ -54,7 +60,7 @@ def model_id_for(profile: str, int_blob: bytes, tables_digest: str) -> str:
 
 
 def save_model(
-    directory: Path, profile: str, net: IntMLP, model: FloatMLP | None, tables: CodingTables, tables_file: str, meta: dict
+    directory: Path, profile: str, net: IntMLP, model: "FloatMLP | None", tables: CodingTables, tables_file: str, meta: dict
 ) -> str:
     blob = net.to_bytes()
     model_id = model_id_for(profile, blob, tables.digest)

@@ -18,8 +18,7 @@ import torch
 from codec import registry
 from codec.entropy import CodingTables, build_tables, save_tables
 from codec.context import LOCAL, ContextSpec, context_spec
-from codec.fit import Samples, fit, mean_bits, sample_volume
-from codec.network import FloatMLP, quantize
+from codec.fit import FloatMLP, Samples, fit, mean_bits, quantize, sample_volume
 from codec.profiles import get_profile
 
 def load_engine_volume(path: Path) -> tuple[np.ndarray, int, int]:
