@@ -200,14 +200,19 @@ MIN_SPLIT_SLICES = 16
 
 def plan_slabs(depth: int, slab_depth: int) -> list[tuple[int, int]]:
     """The encoder's slab split: ceil(depth / slab_depth) slabs, at least 2 from MIN_SPLIT_SLICES
-    slices on, of balanced depths (differing by at most one slice, deeper ones first).
+    slices on and an even number when there are several, of balanced depths (differing by at
+    most one slice, deeper ones first).
 
     Slab bounds are stored in the file, so the split is the encoder's choice and needs no format
-    change; balanced slabs keep every thread equally busy (32 + 5 slices would leave one idle).
+    change; balanced slabs in even numbers keep both threads of a 2-core machine equally busy
+    (32 + 5 slices would leave one idle). It does not depend on the encoding machine, so the
+    same input gives the same file everywhere.
     """
     n = -(-depth // slab_depth)
     if depth >= MIN_SPLIT_SLICES:
         n = max(n, 2)
+    if n > 1 and n % 2:
+        n += 1
     base, extra = divmod(depth, n)
     bounds, z = [], 0
     for i in range(n):

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from codec.context import ACTIVITY_THRESHOLDS, ContextSpec
-from codec.entropy import N_KEYS, N_SHAPES, N_TOKENS, AdaptiveTables, CodingTables, dequantise_codes
+from codec.entropy import N_KEYS, N_TOKENS, AdaptiveTables, CodingTables
 from codec.network import IntMLP, OUT_BLOCK
 from codec.schedule import wavefront_constants
 
@@ -105,20 +105,10 @@ def pack_tables(tables: CodingTables | AdaptiveTables) -> tuple[np.ndarray, np.n
     cached = tables.__dict__.get("_native_pack")
     if cached is not None:
         return cached
-    from codec.coder_model import quantized_probabilities
+    from codec.coder_model import table_probabilities
 
-    probs = np.zeros((N_KEYS, N_TOKENS), dtype=np.uint32)
-    used = np.zeros(N_KEYS, dtype=np.uint8)
-    if isinstance(tables, AdaptiveTables):
-        for key, q in tables.codes.items():
-            f = dequantise_codes(q).astype(np.float64)
-            probs[key] = quantized_probabilities(f / f.sum())
-            used[key] = 1
-    else:
-        freqs = tables.freqs.reshape(N_SHAPES, N_TOKENS).astype(np.float64)
-        shapes = np.stack([quantized_probabilities(f / f.sum()) for f in freqs])
-        probs[:] = np.tile(shapes, (N_KEYS // N_SHAPES, 1))
-        used[:] = 1
+    probs = np.ascontiguousarray(table_probabilities(tables), dtype=np.uint32)
+    used = (probs.sum(axis=1) > 0).astype(np.uint8)
     packed = (probs, used)
     tables.__dict__["_native_pack"] = packed
     return packed

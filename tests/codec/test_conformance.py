@@ -48,7 +48,7 @@ def test_every_profile_has_a_vector() -> None:
     from codec.engine import PROFILES
 
     assert set(PROFILES) <= {v["profile"] for v in VECTORS.values()}
-    assert set(VECTORS) == {v[0] for v in gen.VECTORS}
+    assert {n for n, v in VECTORS.items() if not v.get("decode_only")} == {v[0] for v in gen.VECTORS}
     # the stored-weights and stored-tables paths of the model blob are both covered
     models = [m for v in VECTORS.values() for m in v["models"]]
     assert any(m["fine_tuned"] for m in models) and any(m["volume_tables"] for m in models)
@@ -94,6 +94,8 @@ def test_encoder_did_not_drift(name: str) -> None:
     vectors without fine-tuning). Where the weights agree, every byte must.
     """
     rec = VECTORS[name]
+    if rec.get("decode_only"):
+        pytest.skip(f"decode-only vector: {rec['decode_only']}")
     frozen = _frozen(name)
     today = gen.encode_vector(name)
     if today == frozen:

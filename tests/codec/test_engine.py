@@ -16,7 +16,7 @@ from codec.context_paper import CUBE
 from codec.schedule import wavefront_constants
 from codec.entropy import N_CLASSES, N_DIRECT, N_SIDES, N_TOKENS, FREQ_BITS, detokenize, token_extra_bits, tokenize
 from codec.errors import FormatError
-from codec.fit import load_into_buffer, slab_bounds
+from codec.context import load_into_buffer, slab_bounds
 from codec.network import ACT_MAX, LEAKY_SHIFT, MAX_BIAS, MAX_FAN_IN, MAX_WIDE_FAN_IN, WEIGHT_MAX, IntMLP
 from codec.schedule import A, B, Wavefront
 
@@ -191,9 +191,9 @@ def test_round_trip_random_volumes(shape, lo, span, seed) -> None:
 
 
 def test_round_trip_structured_volume_with_several_slabs() -> None:
-    vol = smooth_volume((70, 24, 31), -1024, 3071, 5)  # 3 slabs of the default depth 32
+    vol = smooth_volume((70, 24, 31), -1024, 3071, 5)  # 3 slabs of depth 32 -> 4 balanced ones (plan_slabs)
     enc, out = roundtrip(vol)
-    assert len(enc.slabs) == 3
+    assert enc.slabs == [(0, 18), (18, 36), (36, 53), (53, 70)]
     assert np.array_equal(out, vol)
     bits = 8 * (len(enc.model_blob) + sum(map(len, enc.payloads))) / vol.size
     assert bits < 16, "a smooth volume must compress"

@@ -10,7 +10,8 @@ today's encoder still writes the same bytes.
 The vectors are FROZEN: they record what the format-1 encoder wrote when they were made, so
 old files stay decodable. Regenerate them only for a deliberate format change, and say so in
 a numbered record under docs/decisions/ (the old files should then be kept as well, under a
-new name, because they must still decode).
+new name, because they must still decode): rename the old file, give its vectors.json record a
+"decode_only" reason, then regenerate the changed vector.
 
 Inputs are built with integer arithmetic only (numpy's PCG64 integer draws, no libm), so
 `build_input(name)` gives the same array on every platform and numpy version.
@@ -74,7 +75,8 @@ def build_input(name: str) -> np.ndarray:
     if name == "constant":
         return np.full((16, 12, 5), 7, dtype=np.uint8)
     if name == "odd_4d":
-        # odd extents, 37 slices (two slabs: 32 + 5), 2 time points, int16 with negative values
+        # odd extents, 37 slices (two slabs: 19 + 18; 32 + 5 before decision 0104), 2 time points, int16
+        # with negative values
         x = _field((13, 7, 37, 2), 6) // 8 - 200 + _noise((13, 7, 37, 2), 3, 7)
         return x.astype(np.int16)
     if name == "u16_fitted":
@@ -151,10 +153,9 @@ def main(argv: list[str]) -> int:
             "models": _model_summary(data),
         }
         print(f"{name}: {len(data)} bytes, {elapsed:.1f} s, models {records[name]['models']}", flush=True)
-    if argv and INDEX.exists():
-        old = json.loads(INDEX.read_text())
-        old["vectors"].update(records)
-        records = old["vectors"]
+    if INDEX.exists():  # keep the records this run did not write (and every decode-only one)
+        old = json.loads(INDEX.read_text())["vectors"]
+        records = {**{k: v for k, v in old.items() if not argv or k not in records or v.get("decode_only")}, **records}
     INDEX.write_text(json.dumps({"format_version": 1, "vectors": records}, indent=2, sort_keys=True) + "\n")
     return 0
 
