@@ -218,9 +218,10 @@ def _choose_predictor(
     held = drawn.subset(slice(n_fit, None))
     model = shipped.float_model()
     torch.manual_seed(0)
-    fit(model, samples, steps, batch=profile.fit_batch, lr=profile.fit_lr, spec=spec, loss=profile.loss,
-        progress=(lambda f: progress(0.4 * f)) if progress else None)
-    tuned = Predictor(quantize(model, samples.inputs[:65536].numpy()), tables, shipped.model_id, True, spec=spec)
+    with torch_threads(None):  # torch may have been imported just now: set its threads (1 by default)
+        fit(model, samples, steps, batch=profile.fit_batch, lr=profile.fit_lr, spec=spec, loss=profile.loss,
+            progress=(lambda f: progress(0.4 * f)) if progress else None)
+        tuned = Predictor(quantize(model, samples.inputs[:65536].numpy()), tables, shipped.model_id, True, spec=spec)
     bits_base = estimate_bits(base, held) * volume.size / len(held)
     bits_tuned = estimate_bits(tuned, held) * volume.size / len(held) + 8 * len(tuned.blob())
     return tuned if bits_tuned < bits_base else base
@@ -230,7 +231,7 @@ def estimate_bits(pred: Predictor, samples: "Samples") -> float:
     """Total bits the coder would spend on these sample voxels (table cost + extra bits)."""
     feats = samples.features()
     vmin, vmax = int(samples.aux[0, 4]), int(samples.aux[0, 5])
-    out = pred.net.forward(feats.inputs)
+    out = native_core.forward(pred.net, feats.inputs) if native_core.available() else pred.net.forward(feats.inputs)
     mu, keys = pred.spec.coding_params(out, feats, vmin, vmax)
     tokens, nbits, _ = tokenize(samples.x - mu)
     return float(pred.tables.cost_bits[keys, tokens].sum() + nbits.sum())
