@@ -33,7 +33,8 @@ PROFILES: dict[str, Profile] = {
     # CPU default: the speed target is 2 MB/s of raw voxels on 2 cores.
     "default": Profile("default", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=40.0, fit_min_steps=80,
                        fit_max_steps=1500, fit_samples=131_072),
-    # GPU workers: same network, more fitting (the GPU makes it cheap).
+    # More fitting for more ratio (named for GPU workers; the fitting itself still runs in torch
+    # on the CPU, codec/fit.py does not move it to a GPU yet).
     "gpu": Profile("gpu", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=1000.0, fit_min_steps=2000, fit_max_steps=20000, fit_batch=4096,
                    base_model="default"),
     # The seed paper's configuration (causal 11x11x11 cube, FC 1024-512-256-128, MAE + PCC loss),
