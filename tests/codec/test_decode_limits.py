@@ -67,7 +67,9 @@ def peak_of(fn):
 # --------------------------------------------------------------------------- 1. memory before validity
 
 
-@pytest.mark.parametrize("x", [174762, 65536])
+# (the 32-slice file is coded as two 16-slice slabs since decision 0104: x = 131072 makes each
+# slab need ~3.2 GB of working memory, as x = 65536 did for one 32-slice slab)
+@pytest.mark.parametrize("x", [174762, 131072])
 def test_forged_shape_is_refused_before_the_engine_allocates(realistic, x):
     """Issue 8 case 1: one dimension forged (CRC recomputed) made decode try an 8.6 GiB allocation
     (a bare MemoryError) or spend 12 s and 4.2 GB before a FormatError."""
@@ -129,11 +131,11 @@ def test_decode_limit_from_the_environment(monkeypatch):
 
 def test_slabs_decoded_in_batches_give_the_same_voxels(monkeypatch):
     rng = np.random.default_rng(1)
-    a = np.cumsum(rng.integers(-2, 3, size=(24, 20, 70)), axis=2).astype(np.int16)  # 3 slabs of <= 32 slices
+    a = np.cumsum(rng.integers(-2, 3, size=(24, 20, 70)), axis=2).astype(np.int16)  # 4 slabs of <= 18 slices
     data = codec.encode(a)
-    assert len(fmt.parse(data)[0].volumes[0].slabs) == 3
+    assert len(fmt.parse(data)[0].volumes[0].slabs) == 4
     whole = codec.decode(data)
-    one_slab = 32 * 24 * 20 * api.ENGINE_BYTES_PER_VOXEL
+    one_slab = 18 * 24 * 20 * api.ENGINE_BYTES_PER_VOXEL
     monkeypatch.setenv(api.DECODE_MEMORY_ENV, str(one_slab))  # one slab per engine call
     assert np.array_equal(codec.decode(data), whole) and np.array_equal(whole, a)
     monkeypatch.setenv(api.DECODE_MEMORY_ENV, str(one_slab - 1))
