@@ -302,3 +302,15 @@ def test_version_3_only_when_needed_and_its_chunks_refused_in_version_1():
         fmt.parse(downgraded)
     with pytest.raises(FormatError, match="TAIL"):
         check.check_nvc(downgraded)
+
+
+def test_the_codec_api_does_not_import_the_file_pipeline():
+    """Issue 10: codec/api.py and codec/files.py imported each other; files uses api, never the reverse."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(api.__file__).read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    names |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert not any(name == "codec.files" or name.startswith("codec.files.") for name in names), names
