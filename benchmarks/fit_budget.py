@@ -4,7 +4,7 @@
 
 Encodes every volume with each fitting variant (native core, 2 threads) and prints bits/voxel
 (whole file: payloads + model blob) and encode seconds; fitting time is included. Used for
-docs/decisions/0104-native-core.md.
+docs/decisions/0111-native-core.md.
 """
 
 from __future__ import annotations

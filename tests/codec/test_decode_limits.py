@@ -67,7 +67,7 @@ def peak_of(fn):
 # --------------------------------------------------------------------------- 1. memory before validity
 
 
-# (the 32-slice file is coded as two 16-slice slabs since decision 0104: x = 131072 makes each
+# (the 32-slice file is coded as two 16-slice slabs since decision 0111: x = 131072 makes each
 # slab need ~3.2 GB of working memory, as x = 65536 did for one 32-slice slab)
 @pytest.mark.parametrize("x", [174762, 131072])
 def test_forged_shape_is_refused_before_the_engine_allocates(realistic, x):

@@ -16,6 +16,8 @@ def test_every_record_is_indexed_and_supersessions_are_mutual():
     for record in records:
         assert f"]({record.name})" in index, f"{record.name} is missing from docs/decisions/README.md"
     numbers = {r.name[:4]: r for r in records}
+    assert len(numbers) == len(records), "two decision records share a number: " + ", ".join(
+        r.name for r in records if [q.name[:4] for q in records].count(r.name[:4]) > 1)
     for record in records:
         status = record.read_text().split("\n\n", 2)[1]
         for earlier in re.findall(r"[Ss]upersedes[^.]*?decision (\d{4})", status):

@@ -124,7 +124,7 @@ def test_one_slice_decodes_one_slab_and_is_the_reference_rendering(client, store
     t0 = time.perf_counter()
     assert np.array_equal(codec.decode(data), a)
     whole_s = time.perf_counter() - t0
-    n_slabs = codec.info(data)["slab_count"]  # 6 balanced slabs of 23-24 slices (decision 0104)
+    n_slabs = codec.info(data)["slab_count"]  # 6 balanced slabs of 23-24 slices (decision 0111)
     assert len(slab_reads) == n_slabs == 6
     print(f"\none slice: 1 slab decoded in {one_slice_s:.2f} s; whole volume: {n_slabs} slabs in {whole_s:.2f} s")
 

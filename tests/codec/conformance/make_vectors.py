@@ -75,7 +75,7 @@ def build_input(name: str) -> np.ndarray:
     if name == "constant":
         return np.full((16, 12, 5), 7, dtype=np.uint8)
     if name == "odd_4d":
-        # odd extents, 37 slices (two slabs: 19 + 18; 32 + 5 before decision 0104), 2 time points, int16
+        # odd extents, 37 slices (two slabs: 19 + 18; 32 + 5 before decision 0111), 2 time points, int16
         # with negative values
         x = _field((13, 7, 37, 2), 6) // 8 - 200 + _noise((13, 7, 37, 2), 3, 7)
         return x.astype(np.int16)
