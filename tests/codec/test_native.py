@@ -225,9 +225,9 @@ codec.info(data)
 @pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "mr_phantom_t1_3d_lowres.nii.gz").exists(), reason="../shared/data not present")
 def test_real_volume_native_equals_reference() -> None:
-    from codec.train import load_nifti_zyx
+    from codec.train import load_engine_volume
 
-    vol, vmin, vmax = load_nifti_zyx(DATA / "mr_phantom_t1_3d_lowres.nii.gz")
+    vol, vmin, vmax = load_engine_volume(DATA / "mr_phantom_t1_3d_lowres.nii.gz")
     vol = np.ascontiguousarray(vol[30:50])
     enc = both(vol)
     assert len(enc.slabs) == 2

@@ -209,8 +209,14 @@ def _nvc_cases() -> dict[str, tuple[bytes, int, str]]:
 
 @pytest.mark.parametrize("name", ["model blob version 33", "model not shipped", "forged width 174762",
                                   "160-byte constant 2 GiB volume"])
-def test_nvc_uploads_the_worker_would_refuse_are_refused_at_upload(client, service_settings, name):
+def test_nvc_uploads_the_worker_would_refuse_are_refused_at_upload(client, service_settings, name, monkeypatch):
     body, status, words = _nvc_cases()[name]
+    if name == "forged width 174762":
+        # The 40-slice test volume is coded as two balanced 20-slice slabs (decision 0111; it was
+        # 32 + 8), so the forged width makes each slab 20 x 48 x 174762 voxels: 2.01 GB of engine
+        # working memory, just under the 2 GiB default. A 1 GiB working-memory budget puts it
+        # over: the upload must then be refused, as the worker would refuse it.
+        monkeypatch.setenv("NVC_DECODE_MEMORY_BYTES", str(2**30))
     answer = client.post("/decompress", content=body)
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"] == PROBLEM and words in answer.json()["detail"], answer.json()
