@@ -249,84 +249,76 @@ class ArchiveUploadValidator:
                          series=info["series"])
 
 
-class CompressUploadValidator:
+class _SniffingValidator:
+    """Holds back the first `sniff_bytes` bytes of an upload, then hands them and every later
+    byte to the validator `_pick` chooses from them (one place for the buffering both routes need)."""
+
+    sniff_bytes = 0
+
+    def __init__(self, max_volume_bytes: int):
+        self.max_volume_bytes = max_volume_bytes
+        self.head = b""
+        self.inner = None
+
+    def _pick(self, head: bytes):
+        """The validator for an upload starting with `head`, having already been fed `head`."""
+        raise NotImplementedError
+
+    def _choose(self) -> None:
+        head, self.head = self.head, b""
+        self.inner = self._pick(head)
+
+    def feed(self, data: bytes) -> None:
+        if self.inner is None:
+            self.head += data
+            if len(self.head) < self.sniff_bytes:
+                return
+            self._choose()
+            return
+        self.inner.feed(data)
+
+    def header_info(self):
+        if self.inner is None:
+            if len(self.head) < self.sniff_bytes:
+                return None
+            self._choose()
+        return self.inner.header_info()
+
+    def finish(self):
+        if self.inner is None:
+            self._choose()
+        return self.inner.finish()
+
+
+class CompressUploadValidator(_SniffingValidator):
     """POST /compress: a DICOM upload (zip, tar, .dcm) or a volume (.nii, .nii.gz, .npy), told
     apart by the first SNIFF_BYTES bytes; the chosen validator then sees every byte."""
 
-    def __init__(self, max_volume_bytes: int):
-        self.max_volume_bytes = max_volume_bytes
-        self.head = b""
-        self.inner = None
+    sniff_bytes = SNIFF_BYTES
 
-    def _choose(self) -> None:
+    def _pick(self, head: bytes):
         from service.validate import VolumeUploadValidator
 
-        if looks_like_dicom_upload(self.head):
-            self.inner = DicomUploadValidator(self.max_volume_bytes)
+        if looks_like_dicom_upload(head):
+            inner = DicomUploadValidator(self.max_volume_bytes)
         else:
-            self.inner = VolumeUploadValidator(self.max_volume_bytes)
-        head, self.head = self.head, b""
-        self.inner.feed(head)
-
-    def feed(self, data: bytes) -> None:
-        if self.inner is None:
-            self.head += data
-            if len(self.head) < SNIFF_BYTES:
-                return
-            self._choose()
-            return
-        self.inner.feed(data)
-
-    def header_info(self):
-        if self.inner is None:
-            if len(self.head) < SNIFF_BYTES:
-                return None
-            self._choose()
-        return self.inner.header_info()
-
-    def finish(self):
-        if self.inner is None:
-            self._choose()
-        return self.inner.finish()
+            inner = VolumeUploadValidator(self.max_volume_bytes)
+        inner.feed(head)
+        return inner
 
 
-class DecompressUploadValidator:
+class DecompressUploadValidator(_SniffingValidator):
     """POST /decompress: a DICOM archive (version-2 preamble: `ArchiveUploadValidator`) or a
     single-volume .nvc (the codec's incremental check), told apart by the first 12 bytes."""
 
-    def __init__(self, max_volume_bytes: int):
-        self.max_volume_bytes = max_volume_bytes
-        self.head = b""
-        self.inner = None
+    sniff_bytes = PREAMBLE_BYTES
 
-    def _choose(self) -> None:
+    def _pick(self, head: bytes):
         from codec.dicom_archive import is_archive
         from service.validate import NvcUploadValidator
 
-        head, self.head = self.head, b""
         if is_archive(head):
-            self.inner = ArchiveUploadValidator(head)
-        else:
-            self.inner = NvcUploadValidator(self.max_volume_bytes)
-            self.inner.feed(head)
-
-    def feed(self, data: bytes) -> None:
-        if self.inner is None:
-            self.head += data
-            if len(self.head) < PREAMBLE_BYTES:
-                return
-            self._choose()
-            return
-        self.inner.feed(data)
-
-    def header_info(self):
-        if self.inner is None:
-            if len(self.head) < PREAMBLE_BYTES:
-                return None
-            self._choose()
-        return self.inner.header_info()
-
-    def finish(self):
-        if self.inner is None:
-            self._choose()
-        return self.inner.finish()
+            return ArchiveUploadValidator(head)
+        inner = NvcUploadValidator(self.max_volume_bytes)
+        inner.feed(head)
+        return inner
