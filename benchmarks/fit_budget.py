@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from codec import engine, profiles
-from codec.train import load_nifti_zyx
+from codec.train import load_engine_volume
 
 VARIANTS = {
     "none": dict(fit_steps_per_mvoxel=0.0, fit_min_steps=0, fit_max_steps=0),
@@ -41,7 +41,7 @@ def main() -> None:
     for path in sorted(glob.glob(os.path.join(args.data, "*.nii.gz"))):
         if args.only and args.only not in path:
             continue
-        vol, vmin, vmax = load_nifti_zyx(path)
+        vol, vmin, vmax = load_engine_volume(path)
         cells = []
         for n in names:
             profiles.PROFILES["default"] = dataclasses.replace(base, **VARIANTS[n])
