@@ -19,7 +19,7 @@ setup(
         # the reference Python path (same bytes, 10-30x slower)
         Extension(
             "codec._nvcore",
-            sources=["codec/native/core.c", "codec/native/core_net.c"],
+            sources=["codec/native/core.c", "codec/native/core_net.c", "codec/native/core_net_int.c"],
             depends=["codec/native/core.h", "codec/native/rangecoder.h"],
             include_dirs=["codec/native"],
             extra_compile_args=CORE_FLAGS,

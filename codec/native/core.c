@@ -53,6 +53,8 @@ static int g_kernel = NVC_KERNEL_SCALAR;
 typedef struct {
     nvc_net net;
     nvc_forward_fn forward;
+    int pairs;                    /* LOCAL features straight into the integer kernel's pairs (vnni) */
+    int32_t thr32[N_THRESHOLDS];  /* thresholds saturated to int32, for the vector bucket count */
     int ctx;                      /* CTX_LOCAL or CTX_PAPER */
     int n_nb;                     /* context voxels */
     const int32_t *nb;            /* n_nb x 3 (dz, dy, dx) */
@@ -89,6 +91,7 @@ static row_t *sorted_rows(const job_t *J, int D) {
 /* ------------------------------------------------------------------ per-thread work space */
 typedef struct {
     double *in;                   /* NVC_CHUNK x n_inputs */
+    int32_t *xp;                  /* integer kernel input pairs: in_pairs x NVC_CHUNK */
     double *scratch;              /* 2 x NVC_CHUNK x max_width */
     int64_t *out;                 /* NVC_CHUNK x 2 */
     ptrdiff_t *off;               /* n_nb flat offsets */
@@ -103,7 +106,7 @@ typedef struct {
 } work_t;
 
 static void work_free(work_t *w) {
-    free(w->in); free(w->scratch); free(w->out); free(w->off); free(w->idx); free(w->mu); free(w->key);
+    free(w->in); free(w->xp); free(w->scratch); free(w->out); free(w->off); free(w->idx); free(w->mu); free(w->key);
     free(w->first); free(w->order); free(w->token);
     memset(w, 0, sizeof(*w));
 }
@@ -112,7 +115,8 @@ static int work_init(work_t *w, const job_t *J, size_t max_step) {
     memset(w, 0, sizeof(*w));
     const int n_pad = NVC_CHUNK;
     w->in = calloc((size_t)n_pad * J->net.n_inputs, sizeof(double));
-    w->scratch = calloc((size_t)2 * n_pad * J->net.max_width, sizeof(double));
+    w->scratch = calloc(nvc_scratch_doubles(&J->net, n_pad), sizeof(double));
+    w->xp = calloc((size_t)(nvc_inet_pairs(&J->net) + 1) * n_pad, sizeof(int32_t));
     w->out = calloc((size_t)n_pad * 2, sizeof(int64_t));
     w->off = malloc(sizeof(ptrdiff_t) * (size_t)J->n_nb);
     if (max_step < NVC_CHUNK) max_step = NVC_CHUNK;
@@ -122,7 +126,7 @@ static int work_init(work_t *w, const job_t *J, size_t max_step) {
     w->first = malloc(max_step);
     w->order = malloc(sizeof(int32_t) * max_step);
     w->token = malloc(sizeof(int32_t) * max_step);
-    if (!w->in || !w->scratch || !w->out || !w->off || !w->idx || !w->mu || !w->key || !w->first || !w->order ||
+    if (!w->in || !w->xp || !w->scratch || !w->out || !w->off || !w->idx || !w->mu || !w->key || !w->first || !w->order ||
         !w->token) {
         work_free(w);
         return -1;
@@ -144,6 +148,99 @@ static inline int bucket_of(const job_t *J, int64_t d) {
     return lo;
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define NVC_HAVE_PAIRS 1
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq")))
+
+VNNI_TARGET static inline __m512i gather16(const int32_t *base, __m512i i0, __m512i i1, __mmask16 live) {
+    const __m256i g0 = _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), (__mmask8)live, i0, base, 4);
+    const __m256i g1 = _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), (__mmask8)(live >> 8), i1, base, 4);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1);
+}
+
+/* The LOCAL context's network inputs for n <= NVC_CHUNK voxels, 16 per vector, written as the
+ * integer kernel's input pairs xp[p * vb + j] (vb = n rounded up to 16), plus ref/div/bucket.
+ * Lane by lane these are the scalar loop's operations below (int32 MED predictor and activity,
+ * IEEE float32 64/d, (v - r) * inv, floor, clip to +-1023; the bucket as the count of
+ * thresholds <= d; the position (r - vmin) * 512 / span as an exact float64 floor: both
+ * operands are integers below 2^26, so the rounded quotient cannot cross an integer), so the
+ * inputs are the same integers; tests compare this path with the reference. */
+VNNI_TARGET static void local_pairs(const job_t *J, const work_t *w, const int32_t *buf, const ptrdiff_t *idx,
+                                    const uint8_t *first, int n, int64_t *ref, int64_t *div, int *bucket) {
+    const ptrdiff_t *off = w->off;
+    const int n_nb = J->n_nb, n_in = J->net.n_inputs, n_pairs = nvc_inet_pairs(&J->net);
+    const int vb = (n + 15) / 16 * 16;
+    const __m512 clip_hi = _mm512_set1_ps(FEATURE_CLIP), clip_lo = _mm512_set1_ps(-FEATURE_CLIP);
+    const __m512 sixty_four = _mm512_set1_ps(64.0f);
+    const __m512d span = _mm512_set1_pd((double)((int64_t)J->vmax - J->vmin + 1));
+    const __m512i vmin = _mm512_set1_epi32(J->vmin), two = _mm512_set1_epi32(2);
+    for (int v = 0; v < vb; v += 16) {
+        const __mmask16 live = v + 16 <= n ? 0xFFFF : (v < n ? (__mmask16)((1u << (n - v)) - 1u) : 0);
+        const __m512i i0 = _mm512_maskz_loadu_epi64((__mmask8)live, idx + v);
+        const __m512i i1 = _mm512_maskz_loadu_epi64((__mmask8)(live >> 8), idx + v + 8);
+        const __mmask16 fst = _mm_test_epi8_mask(_mm_maskz_loadu_epi8(live, first + v), _mm_set1_epi8(-1));
+        const __m512i W_ = gather16(buf + off[0], i0, i1, live), WW = gather16(buf + off[1], i0, i1, live);
+        const __m512i NW = gather16(buf + off[4], i0, i1, live), N_ = gather16(buf + off[5], i0, i1, live);
+        const __m512i NE = gather16(buf + off[6], i0, i1, live), NN = gather16(buf + off[9], i0, i1, live);
+        const __m512i lo = _mm512_min_epi32(W_, N_), hi = _mm512_max_epi32(W_, N_);
+        __m512i r = _mm512_sub_epi32(_mm512_add_epi32(W_, N_), NW);
+        r = _mm512_mask_mov_epi32(r, _mm512_cmple_epi32_mask(NW, lo), hi);
+        r = _mm512_mask_mov_epi32(r, _mm512_cmpge_epi32_mask(NW, hi), lo);
+        __m512i act = _mm512_abs_epi32(_mm512_sub_epi32(W_, NW));
+        act = _mm512_add_epi32(act, _mm512_abs_epi32(_mm512_sub_epi32(NW, N_)));
+        act = _mm512_add_epi32(act, _mm512_abs_epi32(_mm512_sub_epi32(N_, NE)));
+        act = _mm512_add_epi32(act, _mm512_abs_epi32(_mm512_sub_epi32(W_, WW)));
+        act = _mm512_add_epi32(act, _mm512_abs_epi32(_mm512_sub_epi32(N_, NN)));
+        const __m512i d = _mm512_add_epi32(act, two);
+        const __m512 inv = _mm512_div_ps(sixty_four, _mm512_cvtepi32_ps(d));
+        __m512i b = _mm512_setzero_si512();
+        for (int k = 0; k < N_THRESHOLDS; k++)
+            b = _mm512_mask_sub_epi32(b, _mm512_cmple_epi32_mask(_mm512_set1_epi32(J->thr32[k]), d), b,
+                                      _mm512_set1_epi32(-1));
+        const __m512i rel = _mm512_slli_epi32(_mm512_sub_epi32(r, vmin), 9);
+        const __m512d q0 = _mm512_roundscale_pd(_mm512_div_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(rel)), span),
+                                                _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        const __m512d q1 = _mm512_roundscale_pd(
+            _mm512_div_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(rel, 1)), span), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        const __m512i pos = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtpd_epi32(q0)), _mm512_cvtpd_epi32(q1), 1);
+        for (int p = 0; p < n_pairs; p++) {
+            __m512i f[2];
+            for (int e = 0; e < 2; e++) {
+                const int i = 2 * p + e;
+                if (i < n_nb) {
+                    const __m512i x = gather16(buf + off[i], i0, i1, live);
+                    __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(x, r)), inv);
+                    t = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+                    t = _mm512_max_ps(_mm512_min_ps(t, clip_hi), clip_lo);
+                    f[e] = _mm512_cvttps_epi32(t);
+                    if (i >= 12) f[e] = _mm512_mask_mov_epi32(f[e], fst, _mm512_setzero_si512());
+                } else if (i == n_nb) {
+                    f[e] = _mm512_slli_epi32(b, 3);
+                } else if (i == n_nb + 1) {
+                    f[e] = pos;
+                } else if (i == n_nb + 2 && i < n_in) {
+                    f[e] = _mm512_maskz_mov_epi32(fst, _mm512_set1_epi32(256));
+                } else {
+                    f[e] = _mm512_setzero_si512();
+                }
+            }
+            const __m512i pair = _mm512_or_si512(_mm512_and_si512(f[0], _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(f[1], 16));
+            _mm512_storeu_si512(w->xp + (size_t)p * vb + v, pair);
+        }
+        int32_t rr[16], dd[16], bb[16];
+        _mm512_storeu_si512(rr, r);
+        _mm512_storeu_si512(dd, d);
+        _mm512_storeu_si512(bb, b);
+        for (int j = 0; j < 16 && v + j < n; j++) {
+            ref[v + j] = rr[j];
+            div[v + j] = dd[j];
+            bucket[v + j] = bb[j];
+        }
+    }
+}
+#endif
+
 /* Mean and table key of n voxels at flat positions idx of the padded slab `buf`
  * (n <= NVC_CHUNK); `first` flags voxels in the slab's first slice. */
 static void predict_chunk(const job_t *J, work_t *w, const int32_t *buf, const ptrdiff_t *idx, const uint8_t *first,
@@ -152,6 +249,12 @@ static void predict_chunk(const job_t *J, work_t *w, const int32_t *buf, const p
     const int64_t vmin = J->vmin, vmax = J->vmax;
     int64_t ref[NVC_CHUNK], div[NVC_CHUNK];
     int bucket[NVC_CHUNK];
+#ifdef NVC_HAVE_PAIRS
+    if (J->pairs) {
+        local_pairs(J, w, buf, idx, first, n, ref, div, bucket);
+        nvc_forward_vnni_pairs(&J->net, w->xp, n, w->out, w->scratch);
+    } else
+#endif
     if (J->ctx == CTX_LOCAL) {
         const ptrdiff_t *off = w->off;
         const int64_t span = vmax - vmin + 1;
@@ -190,9 +293,11 @@ static void predict_chunk(const job_t *J, work_t *w, const int32_t *buf, const p
             for (int k = 0; k < J->n_nb; k++) row[k] = (double)((((int64_t)p[off[k]] - vmin) * 2046) / span - 1023);
         }
     }
-    const int n_pad = (n + NVC_VOX_BLOCK - 1) / NVC_VOX_BLOCK * NVC_VOX_BLOCK;
-    if (n_pad > n) memset(w->in + (size_t)n * n_in, 0, sizeof(double) * (size_t)(n_pad - n) * n_in);
-    J->forward(&J->net, w->in, n, w->out, w->scratch);
+    if (!J->pairs) {
+        const int n_pad = (n + NVC_VOX_BLOCK - 1) / NVC_VOX_BLOCK * NVC_VOX_BLOCK;
+        if (n_pad > n) memset(w->in + (size_t)n * n_in, 0, sizeof(double) * (size_t)(n_pad - n) * n_in);
+        J->forward(&J->net, w->in, n, w->out, w->scratch);
+    }
     const int64_t range = vmax - vmin + 1;
     for (int j = 0; j < n; j++) {
         int64_t o0 = w->out[2 * j], o1 = w->out[2 * j + 1];
@@ -536,6 +641,7 @@ static int parse_net(views_t *v, PyObject *dims_obj, PyObject *params_obj, nvc_n
         p += L->n_out_pad;
     }
     net->max_width = max_width;
+    if (nvc_inet_prepare(net)) { PyErr_NoMemory(); return -1; }
     return 0;
 }
 
@@ -593,7 +699,12 @@ static nvc_rc_categorical *parse_tables(views_t *v, job_t *J, PyObject *probs_ob
     return cat;
 }
 
-static void set_forward(job_t *J) { J->forward = nvc_kernel_fn(g_kernel); }
+static void set_forward(job_t *J) {
+    J->forward = nvc_kernel_fn(g_kernel);
+    J->pairs = g_kernel == NVC_KERNEL_VNNI && J->ctx == CTX_LOCAL && nvc_inet_pairs(&J->net) > 0;
+    for (int k = 0; k < N_THRESHOLDS; k++)
+        J->thr32[k] = J->thresholds[k] > INT32_MAX ? INT32_MAX : (J->thresholds[k] < INT32_MIN ? INT32_MIN : (int32_t)J->thresholds[k]);
+}
 
 static int resolve_threads(int threads, int n_tasks) {
     if (threads <= 0) {
@@ -678,6 +789,7 @@ release:
     for (int i = 0; i < got; i++) PyBuffer_Release(&slab_views[i]);
 fail:
     views_release(&v);
+    nvc_inet_free(&J->net);
     free(cat); free(J); free(slab_views); free(depths); free(errors); free(words); free(n_words); free(out_ptrs);
     return result;
 }
@@ -743,6 +855,7 @@ fail:
     views_release(&v);
     if (counts)
         for (int i = 0; i < n; i++) free(counts[i]);
+    nvc_inet_free(&J->net);
     free(counts); free(errors); free(z0); free(z1); free(J);
     return result;
 }
@@ -806,6 +919,7 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOi", &dims, &params, &in_obj, &n)) return NULL;
     views_t v = {.n = 0};
     nvc_net net;
+    memset(&net, 0, sizeof(net));
     PyObject *result = NULL;
     double *in = NULL, *scratch = NULL;
     if (n < 0 || parse_net(&v, dims, params, &net)) goto fail;
@@ -815,7 +929,7 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     if (!result) goto fail;
     int64_t *out = (int64_t *)PyBytes_AS_STRING(result);
     in = calloc((size_t)NVC_CHUNK * net.n_inputs, sizeof(double));
-    scratch = calloc((size_t)2 * NVC_CHUNK * net.max_width, sizeof(double));
+    scratch = calloc(nvc_scratch_doubles(&net, NVC_CHUNK), sizeof(double));
     if (!in || !scratch) { Py_CLEAR(result); PyErr_NoMemory(); goto fail; }
     nvc_forward_fn fwd = nvc_kernel_fn(g_kernel);
     for (int j = 0; j < n; j += NVC_CHUNK) {
@@ -826,6 +940,7 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     }
 fail:
     views_release(&v);
+    nvc_inet_free(&net);
     free(in); free(scratch);
     return result;
 }
@@ -837,6 +952,7 @@ static int kernel_by_name(const char *name) {
 }
 
 static int best_kernel(void) {
+    if (nvc_kernel_available(NVC_KERNEL_VNNI)) return NVC_KERNEL_VNNI;
     if (nvc_kernel_available(NVC_KERNEL_AVX512)) return NVC_KERNEL_AVX512;
     if (nvc_kernel_available(NVC_KERNEL_AVX2)) return NVC_KERNEL_AVX2;
     if (nvc_kernel_available(NVC_KERNEL_NEON)) return NVC_KERNEL_NEON;
@@ -873,7 +989,7 @@ static PyMethodDef methods[] = {
     {"predict", py_predict, METH_VARARGS, "Encoder prediction pass: packed symbols and token counts."},
     {"emit", py_emit, METH_VARARGS, "Encoder emission pass: range-coded payload per slab."},
     {"forward", py_forward, METH_VARARGS, "Exact network forward pass (for tests): int64 (n, 2) as bytes."},
-    {"set_kernel", py_set_kernel, METH_VARARGS, "Force the network kernel: scalar, avx2, avx512, neon or auto."},
+    {"set_kernel", py_set_kernel, METH_VARARGS, "Force the network kernel: scalar, avx2, avx512, vnni, neon or auto."},
     {"kernel", py_kernel, METH_NOARGS, "Name of the network kernel in use."},
     {"kernels", py_kernels, METH_NOARGS, "Network kernels available on this CPU."},
     {NULL, NULL, 0, NULL}};

@@ -194,6 +194,10 @@ __attribute__((target("avx512f"))) static void forward_avx512(const nvc_net *net
                                                               int64_t *out, double *scratch) {
     run_layers(layer_avx512, net, in, n, out, scratch);
 }
+
+void nvc_forward_avx512(const nvc_net *net, const double *in, int n, int64_t *out, double *scratch) {
+    forward_avx512(net, in, n, out, scratch);
+}
 #endif
 
 /* ------------------------------------------------------------------ ARM64 NEON (always present on AArch64) */
@@ -253,6 +257,8 @@ int nvc_kernel_available(int kernel) {
     case NVC_KERNEL_AVX512:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx512f");
+    case NVC_KERNEL_VNNI:
+        return nvc_vnni_available();
 #endif
 #ifdef NVC_HAVE_NEON
     case NVC_KERNEL_NEON:
@@ -270,6 +276,8 @@ nvc_forward_fn nvc_kernel_fn(int kernel) {
         return forward_avx2;
     case NVC_KERNEL_AVX512:
         return forward_avx512;
+    case NVC_KERNEL_VNNI:
+        return nvc_forward_vnni;
 #endif
 #ifdef NVC_HAVE_NEON
     case NVC_KERNEL_NEON:
@@ -288,6 +296,8 @@ const char *nvc_kernel_name(int kernel) {
         return "neon";
     case NVC_KERNEL_AVX512:
         return "avx512";
+    case NVC_KERNEL_VNNI:
+        return "vnni";
     default:
         return "scalar";
     }

@@ -89,6 +89,23 @@ def test_kernel_extremes_are_exact() -> None:
             assert np.array_equal(native_core.forward(net, x), ref), kernel
 
 
+def test_integer_kernel_falls_back_where_its_bounds_do_not_hold() -> None:
+    """Inputs beyond +-1023 (never produced by the features, possible through `forward`) and
+    weights whose int32 sums could wrap run the float64 twin: still the reference integers."""
+    from codec.network import IntLayer, IntMLP, WEIGHT_MAX
+
+    net = registry.current_model("default").net
+    rng = np.random.default_rng(11)
+    x = rng.integers(-4000, 4001, (130, net.n_inputs)).astype(np.float64)
+    wide = IntMLP(80, (48,), [IntLayer(np.full((48, 80), WEIGHT_MAX, np.int64), np.zeros(48, np.int64), np.full(48, 14)),
+                              IntLayer(np.full((2, 48), -WEIGHT_MAX, np.int64), np.zeros(2, np.int64), np.asarray([3, 9]))])
+    xw = np.full((70, 80), 1023.0)  # 80 * 1023 * 32767 > 2^31: the int32 sums would wrap
+    for kernel in native_core.kernels():
+        with native_core.use_kernel(kernel):
+            assert np.array_equal(native_core.forward(net, x), net.forward(x)), kernel
+            assert np.array_equal(native_core.forward(wide, xw), wide.forward(xw)), kernel
+
+
 def test_forcing_an_unknown_kernel_is_refused() -> None:
     with pytest.raises(ValueError):
         with native_core.use_kernel("vax"):
