@@ -6,7 +6,7 @@ network, coding parameters, range coding. It produces the same integers and the 
 (tests/codec/test_native.py proves it against the reference); the Python path stays as the
 readable reference implementation and as the fallback where the extension is not built.
 
-Environment: `NVC_NATIVE=0` forces the reference path; `NVC_KERNEL=scalar|avx2|neon|auto`
+Environment: `NVC_NATIVE=0` forces the reference path; `NVC_KERNEL=scalar|avx2|avx512|vnni|neon|auto`
 forces a network kernel (also `use_kernel`); `NVC_THREADS` caps the slab threads.
 """
 
