@@ -205,6 +205,7 @@ def encode(
             vmax=rng.vmax,
             profile=profile,
             progress=_sub_progress(progress, t / n_vol, 1 / n_vol),
+            consume=True,  # a temporary: its memory holds the symbols
         )
         _check_encoded(enc, z_len)
         blob = bytes(enc.model_blob)

@@ -249,8 +249,13 @@ def encode_volume(
     base_model: registry.ShippedModel | None = None,
     native: bool | None = None,
     slabs: list[tuple[int, int]] | None = None,
+    consume: bool = False,
 ) -> EncodedVolume:
     """Code a (Z, Y, X) int32 volume with values in [vmin, vmax].
+
+    `consume=True`: the caller hands the (int32, C-contiguous) array over and will not read it
+    again; the native core then writes its 4-byte symbols over the voxels instead of into a
+    second volume-sized array (the encoder's peak memory falls by that much).
 
     `native`: None = the native core when built, False = the reference Python path, True =
     the native core or an error (both write the same bytes). `threads`: slabs coded at once
@@ -260,7 +265,7 @@ def encode_volume(
     """
     with torch_threads(threads):
         shipped = base_model or registry.current_model(profile)
-        return _encode_volume(volume, vmin, vmax, profile, progress, device, shipped, native, threads, slabs)
+        return _encode_volume(volume, vmin, vmax, profile, progress, device, shipped, native, threads, slabs, consume)
 
 
 def _encode_volume(
@@ -274,11 +279,13 @@ def _encode_volume(
     native: bool | None,
     threads: int | None,
     slabs: list[tuple[int, int]] | None,
+    consume: bool = False,
 ) -> EncodedVolume:
     if volume.ndim != 3 or volume.size == 0:
         raise UnsupportedInputError(f"engine expects a non-empty (Z, Y, X) volume, got shape {volume.shape}")
     if not 0 <= vmax - vmin <= 65535:
         raise UnsupportedInputError(f"value range [{vmin}, {vmax}] spans more than 16 bits")
+    given = volume
     volume = np.ascontiguousarray(volume, dtype=np.int32)
     prof = get_profile(profile)
     spec = shipped.spec
@@ -292,16 +299,17 @@ def _encode_volume(
     # 1. every voxel's coding parameters (the encoder knows all values), 2. token counts
     if use_native:
         n_threads = native_core.slab_threads(threads, len(slabs))
-        symbols = np.empty(volume.shape, dtype=np.uint32)
+        # a volume the caller hands over (consume) or our own int32 copy holds the symbols in place
+        in_place = consume or volume is not given
+        symbols = volume.view(np.uint32) if in_place else np.empty(volume.shape, dtype=np.uint32)
         counts = np.zeros((N_KEYS, N_TOKENS), dtype=np.int64)
         groups = _groups(len(slabs), n_threads) if progress else [range(len(slabs))]
         for g in groups:
             part = [slabs[i] for i in g]
-            sym, c = native_core.predict(pred.net, spec, volume[part[0][0] : part[-1][1]],
-                                         [(a - part[0][0], b - part[0][0]) for a, b in part], vmin, vmax, n_threads)
-            symbols[part[0][0] : part[-1][1]] = sym
+            z0, z1 = part[0][0], part[-1][1]
+            _, c = native_core.predict(pred.net, spec, volume[z0:z1], [(a - z0, b - z0) for a, b in part], vmin, vmax,
+                                       n_threads, out=symbols[z0:z1])
             counts += c
-            del sym
             if progress:
                 progress(0.4 + 0.4 * (g[-1] + 1) / len(slabs))
     else:

@@ -139,14 +139,21 @@ def decode(net: IntMLP, spec: ContextSpec, tables, payloads, shapes, vmin: int, 
 
 
 def predict(net: IntMLP, spec: ContextSpec, volume: np.ndarray, slabs: list[tuple[int, int]], vmin: int, vmax: int,
-            threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+            threads: int | None = None, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Encoder prediction pass: packed symbols uint32 (Z, Y, X) (key | token << 11 | extra << 18)
-    and the (N_KEYS, N_TOKENS) token counts."""
+    and the (N_KEYS, N_TOKENS) token counts.
+
+    `out` (uint32, the volume's shape, C-contiguous) receives the symbols; it may be the
+    volume's own memory (`volume.view(np.uint32)`): each slab is copied into its padded buffer
+    before any of its symbols is written, and slabs are disjoint, so the symbols can replace
+    the voxels in place (the encoder's largest saving of memory)."""
     dims, params = pack_net(net)
     ctx, nb, thr = _context_args(spec)
     vol = np.ascontiguousarray(volume, dtype=np.int32)
     Z, H, W = vol.shape
-    symbols = np.empty(vol.shape, dtype=np.uint32)
+    if out is not None and (out.dtype != np.uint32 or out.shape != vol.shape or not out.flags.c_contiguous):
+        raise ValueError("out must be a C-contiguous uint32 array of the volume's shape")
+    symbols = out if out is not None else np.empty(vol.shape, dtype=np.uint32)
     counts = np.zeros((N_KEYS, N_TOKENS), dtype=np.int64)
     _nvcore.predict(dims, params, ctx, nb, thr, int(vmin), int(vmax), vol, Z, H, W, [tuple(s) for s in slabs], symbols,
                     counts, slab_threads(threads, len(slabs)))

@@ -266,3 +266,17 @@ def test_frozen_vectors_decode_identically_natively_and_with_the_reference(name:
     assert not native_core.available()
     reference = codec.decode(data)
     assert native.dtype == reference.dtype and np.array_equal(native, reference)
+
+
+def test_symbols_written_over_a_consumed_volume_give_the_same_bytes(monkeypatch) -> None:
+    """consume=True: the symbols replace the voxels in place (less memory), same file; without
+    it the caller's int32 array is left untouched."""
+    monkeypatch.setattr(engine, "fit_steps", lambda profile, voxels: 0)
+    vol = smooth_volume((40, 16, 16), -300, 2000, 5)  # 2 slabs
+    kept = vol.copy()
+    plain = engine.encode_volume(vol, vmin=int(vol.min()), vmax=int(vol.max()), native=True)
+    assert np.array_equal(vol, kept)
+    handed = vol.copy()
+    consumed = engine.encode_volume(handed, vmin=int(vol.min()), vmax=int(vol.max()), native=True, consume=True)
+    assert consumed.payloads == plain.payloads and consumed.model_blob == plain.model_blob
+    assert not np.array_equal(handed, kept)  # its memory now holds the symbols
