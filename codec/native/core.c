@@ -153,7 +153,11 @@ static inline int bucket_of(const job_t *J, int64_t d) {
 #define NVC_HAVE_PAIRS 1
 #define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq")))
 
-VNNI_TARGET static inline __m512i gather16(const int32_t *base, __m512i i0, __m512i i1, __mmask16 live) {
+/* The 16 lanes' voxels at base + idx: one load when the lanes are consecutive voxels of a
+ * row (encoder chunks; `run` is then idx[0]), else a gather (decoder steps). */
+VNNI_TARGET static inline __m512i gather16(const int32_t *base, __m512i i0, __m512i i1, __mmask16 live,
+                                          ptrdiff_t run) {
+    if (run >= 0) return _mm512_maskz_loadu_epi32(live, base + run);
     const __m256i g0 = _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), (__mmask8)live, i0, base, 4);
     const __m256i g1 = _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), (__mmask8)(live >> 8), i1, base, 4);
     return _mm512_inserti64x4(_mm512_castsi256_si512(g0), g1, 1);
@@ -180,9 +184,14 @@ VNNI_TARGET static void local_pairs(const job_t *J, const work_t *w, const int32
         const __m512i i0 = _mm512_maskz_loadu_epi64((__mmask8)live, idx + v);
         const __m512i i1 = _mm512_maskz_loadu_epi64((__mmask8)(live >> 8), idx + v + 8);
         const __mmask16 fst = _mm_test_epi8_mask(_mm_maskz_loadu_epi8(live, first + v), _mm_set1_epi8(-1));
-        const __m512i W_ = gather16(buf + off[0], i0, i1, live), WW = gather16(buf + off[1], i0, i1, live);
-        const __m512i NW = gather16(buf + off[4], i0, i1, live), N_ = gather16(buf + off[5], i0, i1, live);
-        const __m512i NE = gather16(buf + off[6], i0, i1, live), NN = gather16(buf + off[9], i0, i1, live);
+        const __m512i iota = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m512i s0 = _mm512_add_epi64(_mm512_set1_epi64(idx[v]), iota);
+        const __m512i s1 = _mm512_add_epi64(s0, _mm512_set1_epi64(8));
+        const __mmask16 same = (__mmask16)(_mm512_cmpeq_epi64_mask(i0, s0) | ((unsigned)_mm512_cmpeq_epi64_mask(i1, s1) << 8));
+        const ptrdiff_t run = (same & live) == live ? idx[v] : -1;
+        const __m512i W_ = gather16(buf + off[0], i0, i1, live, run), WW = gather16(buf + off[1], i0, i1, live, run);
+        const __m512i NW = gather16(buf + off[4], i0, i1, live, run), N_ = gather16(buf + off[5], i0, i1, live, run);
+        const __m512i NE = gather16(buf + off[6], i0, i1, live, run), NN = gather16(buf + off[9], i0, i1, live, run);
         const __m512i lo = _mm512_min_epi32(W_, N_), hi = _mm512_max_epi32(W_, N_);
         __m512i r = _mm512_sub_epi32(_mm512_add_epi32(W_, N_), NW);
         r = _mm512_mask_mov_epi32(r, _mm512_cmple_epi32_mask(NW, lo), hi);
@@ -209,7 +218,7 @@ VNNI_TARGET static void local_pairs(const job_t *J, const work_t *w, const int32
             for (int e = 0; e < 2; e++) {
                 const int i = 2 * p + e;
                 if (i < n_nb) {
-                    const __m512i x = gather16(buf + off[i], i0, i1, live);
+                    const __m512i x = gather16(buf + off[i], i0, i1, live, run);
                     __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(x, r)), inv);
                     t = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
                     t = _mm512_max_ps(_mm512_min_ps(t, clip_hi), clip_lo);
