@@ -151,10 +151,11 @@ def encode_workers() -> int:
 
 
 def default_device():
-    """None (the CPU: native core, else numpy) unless NVC_DEVICE=cuda asks for the torch GPU path.
+    """None (the CPU: native core, else numpy) unless NVC_DEVICE=cuda asks for the GPU.
 
-    Results are identical either way; the native CPU core is faster than the per-step GPU
-    path on every machine measured, so the GPU is opt-in.
+    A torch device (this, or `device=` of encode_volume/decode_slabs) runs the device-resident
+    path (`codec.device_path`): same integers and bytes, every step's arithmetic on the device.
+    The GPU stays opt-in: without a GPU measurement here, the native CPU core is the default.
     """
     if os.environ.get("NVC_DEVICE", "cpu") == "cuda":
         import torch
@@ -165,9 +166,9 @@ def default_device():
 
 
 def _use_native(native: bool | None, device) -> bool:
-    """The native core runs unless the reference path is asked for (native=False, NVC_NATIVE=0,
-    a GPU device) or the extension is not built."""
-    if native is False or (device is not None and getattr(device, "type", "cpu") != "cpu"):
+    """The native core runs unless the reference path is asked for (native=False, NVC_NATIVE=0),
+    a torch device runs the device path, or the extension is not built."""
+    if native is False or device is not None:
         return False
     if native and not native_core.available():
         raise RuntimeError("the native core (codec._nvcore) is not built or NVC_NATIVE=0")
@@ -312,8 +313,12 @@ def _encode_volume(
             counts += c
             if progress:
                 progress(0.4 + 0.4 * (g[-1] + 1) / len(slabs))
+    elif device is not None:
+        from codec import device_path
+
+        packed, counts = device_path.predict(pred.net, spec, volume, slabs, vmin, vmax, device)
     else:
-        counts, reference_symbols = _reference_predict(volume, vmin, vmax, slabs, pred, spec, device, progress)
+        counts, reference_symbols = _reference_predict(volume, vmin, vmax, slabs, pred, spec, progress)
 
     # 3. token tables measured on this volume, when they pay for their bytes
     adaptive = AdaptiveTables.from_counts(counts)
@@ -333,6 +338,10 @@ def _encode_volume(
             if progress:
                 progress(0.8 + 0.2 * (g[-1] + 1) / len(slabs))
         del symbols
+    elif device is not None and native is not False and native_core.available():
+        payloads = native_core.emit(spec, tables, packed, slabs)
+    elif device is not None:
+        payloads = _reference_emit(_unpack_symbols(packed, slabs, spec), slabs, tables, progress)
     else:
         payloads = _reference_emit(reference_symbols, slabs, tables, progress)
     if progress:
@@ -340,13 +349,23 @@ def _encode_volume(
     return EncodedVolume(pred.blob(), slabs, payloads)
 
 
-def _reference_predict(volume, vmin, vmax, slabs, pred: Predictor, spec: ContextSpec, device, progress):
+def _unpack_symbols(packed: np.ndarray, slabs, spec: ContextSpec):
+    """Packed symbols (key | token << 11 | extra << 18) -> the reference emitter's arrays."""
+    geometry = SlabGeometry(tuple(b - a for a, b in slabs), packed.shape[1], packed.shape[2], spec.neighbours)
+    arrays = [np.zeros(geometry.total_size, dtype=np.int32) for _ in range(3)]
+    for s, (a, b) in enumerate(slabs):
+        p = packed[a:b].astype(np.int64)
+        for arr, part in zip(arrays, (p & 0x7FF, (p >> 11) & 0x7F, p >> 18)):
+            geometry.interior(arr, s)[...] = part
+    return (geometry, *arrays)
+
+
+def _reference_predict(volume, vmin, vmax, slabs, pred: Predictor, spec: ContextSpec, progress):
     """Reference (numpy) prediction pass: token counts and per-voxel (key, token, extra) arrays."""
     geometry, buffer = load_into_buffer(volume, slabs, vmin, spec)
     keys = np.zeros(geometry.total_size, dtype=np.int32)
     tokens = np.zeros(geometry.total_size, dtype=np.int32)
     extra = np.zeros(geometry.total_size, dtype=np.int32)
-    cache: dict = {}
     Y, X = geometry.height, geometry.width
     rows_per_task = max(1, min(Y, (1 << 16) // (X * len(geometry.neighbours)) or 1))
 
@@ -355,7 +374,7 @@ def _reference_predict(volume, vmin, vmax, slabs, pred: Predictor, spec: Context
         y1 = min(Y, y0 + rows_per_task)
         n = (y1 - y0) * X
         feats = spec.features(geometry.slice_neighbours(buffer, s, z, y0, y1), np.full(n, z == 0), vmin, vmax)
-        mu, k = spec.coding_params(pred.net.forward(feats.inputs, device, cache), feats, vmin, vmax)
+        mu, k = spec.coding_params(pred.net.forward(feats.inputs), feats, vmin, vmax)
         values = geometry.interior(buffer, s)[z, y0:y1].reshape(n)
         t, _, ex = tokenize(values - mu)
         shape = (y1 - y0, X)
@@ -447,6 +466,10 @@ def _decode_slabs(
             raise FormatError("slab payload length is not a multiple of 4 bytes")
     pred = Predictor.from_blob(model_blob)
     device = device if device is not None else default_device()
+    if device is not None:
+        from codec import device_path
+
+        return device_path.decode(pred.net, pred.spec, pred.coding_tables, payloads, shapes, vmin, vmax, device, progress)
     if _use_native(native, device):
         n_threads = native_core.slab_threads(threads, len(shapes))
         out: list[np.ndarray] = []
@@ -459,22 +482,21 @@ def _decode_slabs(
             if progress:
                 progress((g[-1] + 1) / len(shapes))
         return out
-    return _reference_decode(pred, payloads, shapes, vmin, vmax, progress, device)
+    return _reference_decode(pred, payloads, shapes, vmin, vmax, progress)
 
 
-def _reference_decode(pred: Predictor, payloads, shapes, vmin: int, vmax: int, progress: Progress, device) -> list[np.ndarray]:
+def _reference_decode(pred: Predictor, payloads, shapes, vmin: int, vmax: int, progress: Progress) -> list[np.ndarray]:
     """Reference decoder: every slab in one wavefront, one network batch per step, constriction."""
     geometry = SlabGeometry(tuple(s[0] for s in shapes), shapes[0][1], shapes[0][2], pred.spec.neighbours)
     buffer = geometry.new_buffer(vmin)
     decoders = [constriction.stream.queue.RangeDecoder(np.frombuffer(p, dtype=np.uint32).copy()) for p in payloads]
     offsets = geometry.offsets
-    cache: dict = {}
     tables = pred.coding_tables
     wave = Wavefront(geometry)
     for i, step in enumerate(wave.steps()):
         idx = step.index
         feats = pred.spec.features(gather_neighbours(buffer, idx, offsets), step.first_slice, vmin, vmax)
-        out = pred.net.forward(feats.inputs, device, cache)
+        out = pred.net.forward(feats.inputs)
         mu, keys = pred.spec.coding_params(out, feats, vmin, vmax)
         values = np.empty(len(idx), dtype=np.int64)
         for s in np.unique(step.slab).tolist():

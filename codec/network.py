@@ -124,7 +124,7 @@ class IntMLP:
             for l in self.layers
         ]
 
-    def forward(self, inputs: np.ndarray, device=None, cache: dict | None = None) -> np.ndarray:
+    def forward(self, inputs: np.ndarray) -> np.ndarray:
         """Exact integer forward pass: (n, n_inputs) int -> (n, 2) int64 (the reference; numpy).
 
         Each layer computes floor(leaky((h @ W + bias) * 2^-shift)) and clamps hidden
@@ -132,11 +132,9 @@ class IntMLP:
         |bias| <= 2^40 (checked when weights are loaded), so h @ W + bias is an integer below
         2^53 for every partial sum in any order: exact in float64 BLAS, in the native kernels
         (any blocking, with or without FMA) and on a GPU. Multiplying by a power of two, the
-        leaky slope 1/8 and floor are exact too. `device` (a torch CUDA device) runs the same
-        arithmetic in torch on that device; torch is imported only then.
+        leaky slope 1/8 and floor are exact too. The same arithmetic runs in torch on a device
+        in `codec.device_path.DeviceNet`.
         """
-        if device is not None and getattr(device, "type", "cpu") != "cpu":
-            return self._forward_torch(inputs, device, cache)
         h = np.asarray(inputs, dtype=np.float64)
         last = len(self.layers) - 1
         for i, (w, bias, scale) in enumerate(self._float64_layers):
@@ -150,25 +148,3 @@ class IntMLP:
             else:
                 np.floor(h, out=h)
         return np.clip(h, -OUTPUT_LIMIT, OUTPUT_LIMIT).astype(np.int64)
-
-    def _forward_torch(self, inputs: np.ndarray, device, cache: dict | None) -> np.ndarray:
-        """The same exact arithmetic in torch float64 on `device` (GPU workers)."""
-        import torch
-
-        key = ("layers", str(device))
-        layers = cache.get(key) if cache is not None else None
-        if layers is None:
-            layers = [tuple(torch.as_tensor(a, device=device) for a in t) for t in self._float64_layers]
-            if cache is not None:
-                cache[key] = layers
-        with torch.no_grad():
-            h = torch.as_tensor(np.asarray(inputs), device=device).to(torch.float64)
-            last = len(layers) - 1
-            for i, (w, bias, scale) in enumerate(layers):
-                h = torch.addmm(bias, h, w).mul_(scale)
-                if i < last:
-                    torch.nn.functional.leaky_relu_(h, 1.0 / (1 << LEAKY_SHIFT))
-                    h.floor_().clamp_(-ACT_MAX, ACT_MAX)
-                else:
-                    h.floor_()
-            return h.clamp_(-OUTPUT_LIMIT, OUTPUT_LIMIT).to(torch.int64).cpu().numpy()
