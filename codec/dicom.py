@@ -69,7 +69,8 @@ def _volume_groups(coded: list[_Coded], series_of: dict[int, int]) -> list[list[
     for c in coded:
         p = c.a.layout
         own = c.index if p.frames > 1 else None
-        key = (series_of[c.index], p.rows, p.columns, p.samples, p.value_dtype.str, c.a.geometry.orientation, own)
+        key = (series_of[c.index], p.rows, p.columns, p.samples, p.value_dtype.str, p.bits_allocated == 1,
+               c.a.geometry.orientation, own)
         groups.setdefault(key, []).append(c)
     out = []
     for members in groups.values():
@@ -224,7 +225,10 @@ def compress_files(files: list[InputFile], *, profile: str = "default", progress
         if rec["series"] is not None:
             series[rec["series"]]["coded" if rec["storage"] == "coded" else "verbatim"] += 1
         file_recs.append(rec)
-    out = arch.build({"files": file_recs, "series": series, "volumes": volumes}, chunks)
+    # the lowest index layout that describes every record: 1-bit pixel data needs layout 2
+    bits = any(r["storage"] == "coded" and r["pixels"]["bits_allocated"] == 1 for r in file_recs)
+    layout = arch.BITS_LAYOUT if bits else 1
+    out = arch.build({"layout": layout, "files": file_recs, "series": series, "volumes": volumes}, chunks)
     if progress:
         progress(1.0)
     return out
@@ -292,6 +296,7 @@ def validate(archive: arch.Archive) -> ArchiveIndex:
         _want(isinstance(rec.get("split16", False), bool), f"volume {v}: bad split16 flag")
         _want(rec.get("dtype") in ("uint8", "int8", "uint16", "int16", "uint32", "int32"), f"volume {v}: bad dtype")
         _want(not rec.get("split16") or rec["dtype"] in ("uint32", "int32"), f"volume {v}: split16 needs 32-bit values")
+    layout_number = idx.get("layout", 1)
     names: set[str] = set()
     planes_used: dict[int, int] = {}
     for i, f in enumerate(files):
@@ -326,10 +331,14 @@ def validate(archive: arch.Archive) -> ArchiveIndex:
         _want(isinstance(layout.signed, bool) and isinstance(layout.big_endian, bool), f"file {i}: bad pixel record")
         why = check_layout(layout)
         _want(why is None, f"file {i}: {why}")
+        _want(layout.bits_allocated != 1 or layout_number >= arch.BITS_LAYOUT,
+              f"file {i}: 1-bit pixel data in an index of layout {layout_number} (needs {arch.BITS_LAYOUT})")
         _want(layout.offset + layout.length <= f["size"], f"file {i}: pixel bytes past the end of the file")
         residual = f.get("residual")
         _want(isinstance(residual, bool), f"file {i}: bad residual flag")
-        _want(f.get("remainder") == f["size"] - layout.length + (layout.length if residual else 0), f"file {i}: bad remainder")
+        _want(f.get("remainder") == f["size"] - layout.length + (layout.residual_length if residual else 0),
+              f"file {i}: bad remainder")
+        _want(not residual or layout.residual_length > 0, f"file {i}: residual flag without residual bits")
         vol = f.get("volume")
         _want(_int(vol, 0, len(volumes) - 1), f"file {i}: bad volume")
         shape = volumes[vol]["shape"]

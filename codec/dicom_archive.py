@@ -23,7 +23,10 @@ from codec import format as fmt
 from codec.errors import FormatError
 
 INDEX_KIND = "dicom"
-INDEX_LAYOUT = 1  # version of the JSON index layout within format version 2
+#: Newest JSON index layout this reader reads, within format version 2 (docs/format.md 8.2):
+#: 1 the first; 2 adds 1-bit pixel data (decision 0202). Writers write the lowest that fits.
+INDEX_LAYOUT = 2
+BITS_LAYOUT = 2  # the first layout whose coded files may have bits_allocated 1
 DATA_TAGS = (fmt.TAG_DICOM_VOLUME, fmt.TAG_DICOM_HEADER, fmt.TAG_DICOM_FILE)
 
 

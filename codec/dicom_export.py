@@ -12,7 +12,7 @@ Encoders come from imagecodecs; pydicom reads the result back with the pylibjpeg
 (pylibjpeg-libjpeg for JPEG-LS, pylibjpeg-openjpeg for both JPEG 2000 flavours). Signed values
 are encoded as their BitsStored-bit two's-complement pattern for JPEG-LS (which has no signed
 mode; DICOM PS3.5 8.2.3) and as signed samples for JPEG 2000. A file a syntax cannot hold
-(32-bit words in JPEG-LS, for instance) raises :class:`UnsupportedInputError`; the caller then
+(32-bit words in JPEG-LS, 1-bit data in any encapsulated syntax, for instance) raises :class:`UnsupportedInputError`; the caller then
 keeps the original file.
 """
 
@@ -47,6 +47,8 @@ def _encode_frame(frame: np.ndarray, syntax: str, a: Analysed) -> bytes:
     import imagecodecs
 
     p = a.layout
+    if p.bits_allocated == 1:  # encapsulated syntaxes need BitsAllocated 8 or 16 (PS3.5 8.2)
+        raise UnsupportedInputError(f"{syntax} cannot hold 1-bit pixel data")
     if p.bits_allocated > 16:
         raise UnsupportedInputError(f"{syntax} holds at most 16 bits per sample; this file has {p.bits_allocated}")
     if syntax == "jpegls":

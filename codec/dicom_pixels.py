@@ -13,9 +13,14 @@ mapping between the *bytes* of a file and the integers the codec sees:
   PixelRepresentation is 1 - what a viewer shows. Any other bits of a word (junk above
   BitsStored) are the *residual*, kept verbatim beside the header when not all zero.
 * Colour (SamplesPerPixel > 1) is coded plane by plane: sample planes become slices.
+* 1-bit images (BitsAllocated 1: segmentations, masks) are a bit stream: pixel `i` of the whole
+  object - frames are packed one after the other, not byte-aligned per frame - is bit `i % 8`
+  (least significant first) of byte `i // 8`, in every transfer syntax (pydicom's `unpack_bits`).
+  The values are 0/1 planes; the bits after the last pixel in its byte (the padding) are the
+  residual, kept beside the header when not all zero.
 
 Anything this mapping cannot describe exactly - a compressed or deflated transfer syntax, no
-Pixel Data, 1-bit or 12-bit-packed words, lengths that do not add up, a file pydicom cannot
+Pixel Data, 12-bit-packed words, lengths that do not add up, a file pydicom cannot
 read - is *not an error*: the file is stored verbatim with the reason (:class:`Verbatim`).
 Every mapped file is re-serialised from its values and compared with the original bytes
 before it is trusted (:func:`analyse`).
@@ -50,13 +55,13 @@ class PixelLayout:
     """How the pixel bytes of one file map to integer planes (all fields as the file says)."""
 
     offset: int  # byte offset of the first pixel byte (the Pixel Data value) in the file
-    length: int  # number of pixel bytes: frames * rows * columns * samples * bits_allocated / 8
+    length: int  # number of pixel bytes: packed_length(frames * rows * columns * samples, bits_allocated)
     frames: int
     rows: int
     columns: int
     samples: int  # SamplesPerPixel
     planar: int  # PlanarConfiguration: 0 interleaved (r g b r g b), 1 by plane
-    bits_allocated: int  # 8, 16 or 32
+    bits_allocated: int  # 1, 8, 16 or 32
     bits_stored: int
     high_bit: int
     signed: bool  # PixelRepresentation 1
@@ -68,8 +73,23 @@ class PixelLayout:
         return self.frames * self.samples
 
     @property
+    def values(self) -> int:
+        """Pixel values (samples) the file holds: frames x rows x columns x samples."""
+        return self.frames * self.rows * self.columns * self.samples
+
+    @property
     def value_dtype(self) -> np.dtype:
+        if self.bits_allocated == 1:
+            return np.dtype("u1")
         return np.dtype(f"{'i' if self.signed else 'u'}{self.bits_allocated // 8}")
+
+    @property
+    def residual_length(self) -> int:
+        """Bytes of the residual when the file has one: every word (`length`), or for 1-bit
+        data the last byte, which holds padding bits after the last pixel (0 when there are none)."""
+        if self.bits_allocated == 1:
+            return self.length - self.values // 8
+        return self.length
 
     @property
     def word_dtype(self) -> np.dtype:
@@ -99,10 +119,17 @@ class PixelLayout:
             "high_bit", "signed", "big_endian")})
 
 
+def packed_length(values: int, bits_allocated: int) -> int:
+    """Pixel bytes of `values` samples: whole words, or for 1-bit data ceil(values / 8) bytes."""
+    return (values + 7) // 8 if bits_allocated == 1 else values * bits_allocated // 8
+
+
 def check_layout(p: PixelLayout) -> str | None:
     """Why `p` is not a layout this module can map, or None when it is (also used on archive indexes)."""
-    if p.bits_allocated not in (8, 16, 32):
-        return f"BitsAllocated {p.bits_allocated} (only 8, 16 and 32 are coded)"
+    if p.bits_allocated not in (1, 8, 16, 32):
+        return f"BitsAllocated {p.bits_allocated} (only 1, 8, 16 and 32 are coded)"
+    if p.bits_allocated == 1 and (p.bits_stored, p.high_bit, p.signed, p.samples) != (1, 0, False, 1):
+        return "1-bit pixel data with BitsStored, HighBit, PixelRepresentation or SamplesPerPixel other than 1, 0, 0, 1"
     if not 1 <= p.bits_stored <= p.bits_allocated:
         return f"BitsStored {p.bits_stored} with BitsAllocated {p.bits_allocated}"
     if not p.bits_stored - 1 <= p.high_bit < p.bits_allocated:
@@ -114,7 +141,7 @@ def check_layout(p: PixelLayout) -> str | None:
     voxels = p.rows * p.columns * p.frames * p.samples
     if voxels > MAX_FILE_VOXELS:
         return f"{voxels} pixel values declared, more than {MAX_FILE_VOXELS}"
-    if p.length != voxels * p.bits_allocated // 8 or p.offset < 0:
+    if p.length != packed_length(voxels, p.bits_allocated) or p.offset < 0:
         return "pixel byte count does not match Rows x Columns x Frames x Samples"
     return None
 
@@ -206,13 +233,24 @@ def _geometry(ds) -> Geometry:
     return Geometry(orientation=orientation, position=_floats(ds, "ImagePositionPatient", 3), instance=instance)
 
 
+class HeaderFieldError(ValueError):
+    """An image attribute the pixel mapping needs is missing or not an integer. The message names
+    the attribute, never its value (header values stay out of records and logs)."""
+
+
 def _int(ds, keyword: str, default: int | None = None) -> int:
-    value = ds.get(keyword, default)
+    try:
+        value = ds.get(keyword, default)
+    except Exception:  # pydicom converts the value lazily: a malformed one raises here
+        raise HeaderFieldError(f"{keyword} is not readable") from None
     if value is None or value == "":
         if default is None:
-            raise ValueError(f"no {keyword}")
+            raise HeaderFieldError(f"no {keyword}")
         return default
-    return int(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise HeaderFieldError(f"{keyword} is not an integer") from None
 
 
 @contextmanager
@@ -289,6 +327,8 @@ def analyse(data: bytes) -> Analysed | Verbatim:
             series = SeriesTags("", "", "", "")
         try:
             return _analyse_dataset(ds, data, series)
+        except HeaderFieldError as exc:
+            return Verbatim(f"pixel data not mappable: {exc}", series, True)
         except Exception as exc:
             return Verbatim(f"pixel data not mappable ({type(exc).__name__})", series, True)
 
@@ -333,7 +373,7 @@ def _analyse_dataset(ds, data: bytes, series: SeriesTags) -> Analysed | Verbatim
         signed=_int(ds, "PixelRepresentation", 0) == 1,
         big_endian=not raw.is_little_endian,
     )
-    n_bytes = layout.rows * layout.columns * layout.frames * layout.samples * layout.bits_allocated // 8
+    n_bytes = packed_length(layout.values, layout.bits_allocated)
     layout = PixelLayout(**{**layout.__dict__, "length": n_bytes})
     why = check_layout(layout)
     if why:
@@ -361,8 +401,36 @@ def _planes_view(words: np.ndarray, p: PixelLayout) -> np.ndarray:
     return words.reshape(p.planes, p.rows, p.columns)
 
 
+def _extract_bits(data: bytes, p: PixelLayout) -> tuple[np.ndarray, bytes]:
+    """1-bit data: 0/1 planes, and the last byte as residual when its padding bits are not all zero."""
+    packed = np.frombuffer(data, dtype=np.uint8, count=p.length, offset=p.offset)
+    bits = np.unpackbits(packed, count=p.values, bitorder="little")
+    residual = b""
+    used = p.values % 8
+    if used and packed[-1] >> used:
+        residual = bytes([int(packed[-1]) & (0xFF << used) & 0xFF])
+    return bits.reshape(p.frames, p.rows, p.columns), residual
+
+
+def _bits_bytes(values: np.ndarray, residual: bytes, p: PixelLayout) -> bytes:
+    """Inverse of :func:`_extract_bits` (values other than 0 and 1 cannot come back: refused)."""
+    flat = np.ascontiguousarray(values).reshape(-1)
+    if flat.size != p.values:
+        raise ValueError("1-bit planes do not match the pixel count")
+    if flat.size and flat.max() > 1:
+        raise ValueError("1-bit planes hold values other than 0 and 1")
+    packed = np.packbits(flat.astype(np.uint8, copy=False), bitorder="little")
+    if residual:
+        if len(residual) != p.residual_length or p.residual_length != 1:
+            raise ValueError("1-bit padding bits do not match the pixel count")
+        packed[-1] |= residual[0]
+    return packed.tobytes()
+
+
 def extract(data: bytes, p: PixelLayout) -> tuple[np.ndarray, bytes]:
     """The integer planes (values) and the residual bits of one file's pixel bytes."""
+    if p.bits_allocated == 1:
+        return _extract_bits(data, p)
     words = np.frombuffer(data, dtype=p.word_dtype, count=p.length // p.word_dtype.itemsize, offset=p.offset)
     native = words.astype(p.word_dtype.newbyteorder("="))
     field = (native >> p.shift) & native.dtype.type(p.mask) if p.shift or p.bits_stored < p.bits_allocated else native
@@ -382,6 +450,8 @@ def extract(data: bytes, p: PixelLayout) -> tuple[np.ndarray, bytes]:
 
 def pixel_bytes(values: np.ndarray, residual: bytes, p: PixelLayout) -> bytes:
     """The exact pixel bytes of a file from its planes (``(planes, rows, columns)``) and residual."""
+    if p.bits_allocated == 1:
+        return _bits_bytes(values, residual, p)
     unsigned = np.dtype(f"u{p.bits_allocated // 8}")
     planes = np.asarray(values).astype(p.value_dtype, copy=False).view(unsigned)
     if p.samples > 1 and p.planar == 0:

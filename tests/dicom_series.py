@@ -234,3 +234,73 @@ def write_structured_report(path: Path, series_number: int = 9, patient_name: st
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def write_bitmask(
+    path: Path,
+    mask: np.ndarray,
+    *,
+    syntax: str = "explicit",
+    padding_bits: int = 0,
+    pad_byte: bytes | None = None,
+    trailing: bytes = b"",
+    series_number: int = 20,
+    patient_name: str = PATIENT_NAME,
+    study_root: str = "1.2.826.0.1.3680043.8.498.1",
+) -> Path:
+    """A 1-bit (BitsAllocated 1) multi-frame object, as a segmentation is stored: `mask` is
+    (frames, rows, columns) of 0/1, packed as one bit stream over all frames (pixel i is bit
+    i % 8 of byte i // 8, least significant first), so frames need not start on a byte.
+
+    `padding_bits` is OR-ed into the bits after the last pixel of the last byte (a writer that
+    leaves junk there); `pad_byte`, when given, is appended to the pixel bytes inside the Pixel
+    Data value (an odd packed length padded to even with that byte rather than zero)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+    mask = np.asarray(mask, dtype=np.uint8)
+    frames, rows, columns = mask.shape
+    packed = bytearray(np.packbits(mask.reshape(-1), bitorder="little").tobytes())
+    used = mask.size % 8
+    if padding_bits:
+        assert used, "no padding bits: the pixel count is a multiple of 8"
+        packed[-1] |= padding_bits & (0xFF << used) & 0xFF
+    if pad_byte is not None:
+        packed += pad_byte
+    meta = FileMetaDataset()
+    sop_uid = _uid(study_root, 3, series_number, 1)
+    meta.MediaStorageSOPClassUID = SEGMENTATION_STORAGE
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = SYNTAXES[syntax]
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.preamble = b"\x00" * 128
+    ds.SOPClassUID = SEGMENTATION_STORAGE
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality = "SEG"
+    ds.PatientName = patient_name
+    ds.StudyInstanceUID = _uid(study_root, 1)
+    ds.SeriesInstanceUID = _uid(study_root, 2, series_number)
+    ds.SeriesDescription = "mask"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = str(frames)
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 1
+    ds.BitsStored = 1
+    ds.HighBit = 0
+    ds.PixelRepresentation = 0
+    ds.SegmentationType = "BINARY"
+    ds.PixelData = bytes(packed)
+    ds["PixelData"].VR = "OB"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, implicit_vr=(syntax == "implicit"), little_endian=(syntax != "big"), enforce_file_format=True)
+    if trailing:
+        with open(path, "ab") as f:
+            f.write(trailing)
+    return path

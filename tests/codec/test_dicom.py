@@ -24,12 +24,12 @@ import codec  # noqa: E402
 from codec import dicom, dicom_archive, format as fmt  # noqa: E402
 from codec.dicom_inputs import InputFile, from_bytes, gather, safe_name  # noqa: E402
 from codec.errors import FormatError, UnsupportedInputError  # noqa: E402
-from dicom_series import real_crop, write_series, write_structured_report  # noqa: E402
+from dicom_series import real_crop, write_bitmask, write_series, write_structured_report  # noqa: E402
 
 #: Reasons a file may be stored verbatim although it is DICOM: none of them is native pixel data
 #: the codec could have taken.
 NOT_CODABLE = (
-    "not an image", "compressed transfer syntax", "not a DICOM file", "deflated transfer syntax", "BitsAllocated 1 ",
+    "not an image", "compressed transfer syntax", "not a DICOM file", "deflated transfer syntax",
     "truncated pixel data", "pixel data not mappable", "Pixel Data holds", "not readable as DICOM",
 )
 
@@ -196,6 +196,85 @@ def test_pydicom_corpus_round_trips(tmp_path):
     benchmarks/verify_dicom_corpus.py runs them all)."""
     info = _check_corpus(_pydicom_files(2**19), tmp_path)
     assert info["instances_coded"] >= 40
+
+
+# --------------------------------------------------------------------------- 1-bit images
+
+
+def test_one_bit_images_are_coded_and_come_back_byte_for_byte(tmp_path):
+    """BitsAllocated 1 (segmentations): the bits are coded as 0/1 planes, and every byte the
+    original had comes back: frames packed across byte boundaries, junk padding bits after the
+    last pixel, an odd packed length padded with a non-zero byte, big endian, trailing bytes."""
+    ct = real_crop("ct_head_phantom_thick_5mm.nii.gz", (64, 48, 6))
+    rng = np.random.default_rng(3)
+    masks = {
+        "seg/real.dcm": (ct.transpose(2, 1, 0) > 40).astype(np.uint8),  # 6 frames of 48 x 64 (bytes align)
+        "seg/frames.dcm": rng.integers(0, 2, size=(3, 5, 7), dtype=np.uint8),  # 35 bits a frame, 105 bits
+        "seg/pad_bits.dcm": rng.integers(0, 2, size=(1, 3, 3), dtype=np.uint8),  # 9 bits: 7 padding bits
+        "seg/odd.dcm": rng.integers(0, 2, size=(1, 7, 7), dtype=np.uint8),  # 49 bits: 7 bytes, odd
+    }
+    write_bitmask(tmp_path / "in" / "seg/real.dcm", masks["seg/real.dcm"], syntax="explicit")
+    write_bitmask(tmp_path / "in" / "seg/frames.dcm", masks["seg/frames.dcm"], syntax="implicit", series_number=21)
+    write_bitmask(tmp_path / "in" / "seg/pad_bits.dcm", masks["seg/pad_bits.dcm"], syntax="explicit",
+                  padding_bits=0b1011_0110, series_number=22)
+    write_bitmask(tmp_path / "in" / "seg/odd.dcm", masks["seg/odd.dcm"], syntax="big", pad_byte=b"\xff",
+                  trailing=b"\x00tail", series_number=23)
+    files = gather(tmp_path / "in")
+    data = dicom.compress_files(files)
+    ai = dicom.open_archive(data)
+    assert ai.archive.index["layout"] == dicom_archive.BITS_LAYOUT
+    by_name = {f["name"]: f for f in ai.files}
+    assert {n: f["storage"] for n, f in by_name.items()} == dict.fromkeys(masks, "coded")
+    assert by_name["seg/pad_bits.dcm"]["residual"] and not by_name["seg/frames.dcm"]["residual"]
+    for name, mask in masks.items():  # the coded volume holds the mask itself
+        f = by_name[name]
+        vol = ai.volumes[f["volume"]]
+        assert vol["dtype"] == "uint8" and f["pixels"]["bits_allocated"] == 1
+        zyx = codec.decode(ai.archive.read(vol["chunk"], fmt.TAG_DICOM_VOLUME)).transpose(2, 1, 0)
+        np.testing.assert_array_equal(zyx[f["z0"] : f["z0"] + mask.shape[0]], mask)
+    out = tmp_path / "out"
+    restore(data, out)
+    assert tree(out) == {f.name: f.data for f in files}
+    import pydicom
+
+    for name, mask in masks.items():  # and pydicom reads the masks from the restored files
+        np.testing.assert_array_equal(pydicom.dcmread(out / name).pixel_array.reshape(mask.shape), mask)
+
+
+def test_one_bit_layout_is_written_only_when_needed(study, archive):
+    """Archives without 1-bit data keep index layout 1 (older readers read them); a layout-1
+    index that claims 1-bit pixels is refused."""
+    assert dicom.open_archive(archive).archive.index["layout"] == 1
+    data = dicom.compress_files(gather(study / "SC"))
+    parsed = dicom_archive.parse(data)
+    idx = {k: v for k, v in parsed.index.items() if k not in ("kind", "chunks")}
+    first = idx["files"][0]["pixels"]
+    rows, columns = first["rows"], first["columns"]
+    first.update(bits_allocated=1, bits_stored=1, high_bit=0, signed=False, length=(rows * columns + 7) // 8)
+    chunks = [(c.tag, parsed.read(i, c.tag)) for i, c in enumerate(parsed.chunks)]
+    with pytest.raises(FormatError, match="layout 1"):
+        dicom.open_archive(dicom_archive.build({**idx, "layout": 1}, chunks))
+
+
+def test_pixel_mapping_of_bits_is_exact_for_every_padding():
+    """extract/pixel_bytes of 1-bit data for every bit count modulo 8 and every padding pattern."""
+    from codec.dicom_pixels import PixelLayout, extract, pixel_bytes
+
+    rng = np.random.default_rng(5)
+    for n in range(1, 25):
+        values = rng.integers(0, 2, size=n, dtype=np.uint8)
+        packed = bytearray(np.packbits(values, bitorder="little").tobytes())
+        for pad in (0x00, 0xFF, 0x80):
+            raw = bytearray(packed)
+            if n % 8:
+                raw[-1] |= pad & (0xFF << (n % 8)) & 0xFF
+            data = b"head" + bytes(raw) + b"tail"
+            p = PixelLayout(offset=4, length=len(raw), frames=n, rows=1, columns=1, samples=1, planar=0,
+                            bits_allocated=1, bits_stored=1, high_bit=0, signed=False, big_endian=False)
+            planes, residual = extract(data, p)
+            np.testing.assert_array_equal(planes.reshape(-1), values)
+            assert len(residual) in (0, p.residual_length)
+            assert pixel_bytes(planes, residual, p) == bytes(raw)
 
 
 # --------------------------------------------------------------------------- bad input
