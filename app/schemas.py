@@ -27,6 +27,14 @@ class DicomSeries(BaseModel):
     volumes: list[list[int]] = Field(default_factory=list, description="Shape of each coded volume (columns, rows, planes).")
 
 
+class VerbatimReason(BaseModel):
+    """Why some files of a DICOM job were stored as they were, not coded (the codec's wording)."""
+
+    reason: str = Field(description="e.g. \"compressed transfer syntax (JPEG-LS Lossless Image Compression)\", "
+                        "\"not an image (no Pixel Data)\", \"truncated pixel data\", \"not a DICOM file\".")
+    files: int = Field(description="Files stored verbatim for this reason.")
+
+
 class Job(BaseModel):
     """A compression or decompression job, as stored in its Redis record."""
 
@@ -67,6 +75,8 @@ class Job(BaseModel):
     files: int | None = Field(default=None, description="DICOM jobs: files in the series upload or archive.")
     instances_coded: int | None = Field(default=None, description="DICOM jobs: instances coded by NVC.")
     files_verbatim: int | None = Field(default=None, description="DICOM jobs: files stored verbatim.")
+    verbatim_reasons: list[VerbatimReason] | None = Field(
+        default=None, description="DICOM jobs: why files were stored verbatim, most frequent first.")
     series: list[DicomSeries] | None = Field(default=None, description="DICOM jobs: the series (modality, UIDs, "
                                              "description, counts, dimensions).")
     transfer_syntax: str | None = Field(default=None, description="DICOM decompress jobs: the export syntax, if any.")

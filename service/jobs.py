@@ -64,6 +64,7 @@ FIELDS: dict[str, type] = {
     "files": int,
     "instances_coded": int,
     "files_verbatim": int,
+    "verbatim_reasons": list,
     "series": list,
     "transfer_syntax": str,
     "callback_url": str,

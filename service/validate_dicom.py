@@ -1,4 +1,4 @@
-"""Upload checks for DICOM: a series to compress (zip, tar or one .dcm) and an archive to restore.
+"""Upload checks for DICOM: a series to compress (zip, tar, tar.gz or one .dcm) and an archive to restore.
 
 Like service/validate.py, every byte is fed in as it streams and `finish()` says what the upload
 is, or raises a `Problem`; the rules are the codec's own (`codec.dicom_inputs` for member names
@@ -7,8 +7,12 @@ archives), so the API never accepts what the worker refuses. A zip or tar can on
 whole, so the bytes are spooled to a temporary file (memory up to SPOOL_MEMORY_BYTES, disk
 beyond) and read member by member at the end: one member in memory at a time.
 
+A gzip upload is a .nii.gz or a .tar.gz: the two are told apart by inflating its first bytes
+(a tar header has "ustar" at byte 257), so a gzip upload is held back until that is known.
+
 Refusals: 415 when nothing in the upload is DICOM; 422 for a broken container, unsafe or
-duplicate member names, links, truncated members, or a damaged archive - each with the reason.
+duplicate member names, links, truncated members, members declaring more bytes than the
+limit (a zip or tar.gz bomb), or a damaged archive - each with the reason.
 Details name files and counts, never a header value.
 """
 
@@ -24,6 +28,11 @@ SPOOL_MEMORY_BYTES = 1024 * 1024
 SNIFF_BYTES = 264
 #: First bytes that tell a DICOM archive (version-2 preamble) from a single-volume .nvc.
 PREAMBLE_BYTES = 12
+GZIP_MAGIC = b"\x1f\x8b"
+#: Most compressed bytes held back to tell a .tar.gz from a .nii.gz (a gzip header may carry
+#: a long file name or comment before the data); a gzip that says nothing by then is a volume.
+GZIP_SNIFF_MAX_BYTES = 64 * 1024
+TAR_MAGIC_AT = 257
 
 
 @dataclass(frozen=True)
@@ -33,22 +42,43 @@ class DicomInfo:
     format: str  # "dicom" (a series to compress) or "nvc-dicom" (an archive to restore)
     files: int
     dicom_files: int
-    container: str  # "zip", "tar", "dcm" or "archive"
+    container: str  # "zip", "tar", "tar.gz", "dcm" or "archive"
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
     voxel_bytes: int = 0
     series: list[dict] = field(default_factory=list)
 
 
+def _tar_header(data: bytes) -> bool:
+    return len(data) >= TAR_MAGIC_AT + 6 and data[TAR_MAGIC_AT : TAR_MAGIC_AT + 5] == b"ustar"
+
+
+def gzip_holds_tar(head: bytes) -> bool | None:
+    """For a gzip stream's first bytes: True when it inflates to a tar header, False when it
+    does not (or is not gzip), None when these bytes do not tell yet."""
+    import zlib
+
+    if head[:2] != GZIP_MAGIC:
+        return False
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(head, TAR_MAGIC_AT + 6)
+    except zlib.error:
+        return False
+    if len(out) >= TAR_MAGIC_AT + 6:
+        return _tar_header(out)
+    return False if inflater.eof else None
+
+
 def looks_like_dicom_upload(head: bytes) -> bool:
-    """Whether the first bytes of a compress upload start a zip, a tar or a DICOM file."""
+    """Whether the first bytes of a compress upload start a zip, a tar (plain or gzip) or a DICOM file."""
     from codec.dicom_inputs import ZIP_EMPTY_MAGIC, ZIP_MAGIC
 
     if head[:4] in (ZIP_MAGIC, ZIP_EMPTY_MAGIC):
         return True
     if len(head) >= 132 and head[128:132] == b"DICM":
         return True
-    return len(head) >= 263 and head[257:262] == b"ustar"
+    return _tar_header(head) or gzip_holds_tar(head) is True
 
 
 def _invalid(detail: str) -> Problem:
@@ -70,11 +100,11 @@ class _Spool:
 
 
 class DicomUploadValidator:
-    """A DICOM series to compress: a zip or (uncompressed) tar of files, or one DICOM file."""
+    """A DICOM series to compress: a zip, a tar or a gzip-compressed tar of files, or one DICOM file."""
 
     def __init__(self, max_inflated_bytes: int):
         self.spool = _Spool()
-        self.max_inflated_bytes = max_inflated_bytes  # all zip members together, as declared
+        self.max_inflated_bytes = max_inflated_bytes  # all zip or tar members together, as declared
         self.npy_members = 0  # a zip of only .npy members is an .npz, said so
 
     def feed(self, data: bytes) -> None:
@@ -100,8 +130,10 @@ class DicomUploadValidator:
         try:
             if head[:4] in (ZIP_MAGIC, ZIP_EMPTY_MAGIC):
                 container, (files, dicom_files) = "zip", self._members_zip(fh, zipfile)
-            elif len(head) >= 263 and head[257:262] == b"ustar":
-                container, (files, dicom_files) = "tar", self._members_tar(fh)
+            elif _tar_header(head):
+                container, (files, dicom_files) = "tar", self._members_tar(fh, "r:")
+            elif head[:2] == GZIP_MAGIC:
+                container, (files, dicom_files) = "tar.gz", self._members_tar(fh, "r:gz")
             else:
                 container, files = "dcm", 1
                 dicom_files = int(_is_dicom(fh.read()))
@@ -158,16 +190,20 @@ class DicomUploadValidator:
             raise UnsupportedInputError("the zip archive holds no files")
         return files, dicom_files
 
-    def _members_tar(self, fh) -> tuple[int, int]:
+    def _members_tar(self, fh, mode: str) -> tuple[int, int]:
+        """Members of a tar (`mode` "r:") or a tar.gz ("r:gz", inflated as it is read: what is
+        declared is checked against the limit before a member is read)."""
         import tarfile
 
         from codec.dicom_inputs import safe_name
         from codec.errors import UnsupportedInputError
+        from codec.format import ARCHIVE_MAX_FILE_BYTES, ARCHIVE_MAX_FILES
 
         names: set[str] = set()
         files = dicom_files = 0
+        declared = 0
         try:
-            with tarfile.open(fileobj=fh, mode="r:") as tf:
+            with tarfile.open(fileobj=fh, mode=mode) as tf:
                 for m in tf:
                     if m.isdir():
                         continue
@@ -177,6 +213,15 @@ class DicomUploadValidator:
                     if name in names:
                         raise UnsupportedInputError(f"the tar holds two files named {name!r}")
                     names.add(name)
+                    if files >= ARCHIVE_MAX_FILES:
+                        raise UnsupportedInputError(f"more than {ARCHIVE_MAX_FILES} files in one archive")
+                    if m.size > ARCHIVE_MAX_FILE_BYTES:
+                        raise UnsupportedInputError(f"tar member {name!r} declares {m.size} bytes")
+                    declared += m.size
+                    if declared > self.max_inflated_bytes:
+                        raise UnsupportedInputError(
+                            f"the tar declares {declared} bytes of files, more than the limit of "
+                            f"{self.max_inflated_bytes}: refused")
                     reader = tf.extractfile(m)
                     head, size = (_drain(reader, with_size=True) if reader is not None else (b"", 0))
                     if size != m.size:
@@ -264,6 +309,10 @@ class _SniffingValidator:
         """The validator for an upload starting with `head`, having already been fed `head`."""
         raise NotImplementedError
 
+    def _ready(self, head: bytes) -> bool:
+        """Whether `head` is enough to pick the validator (`finish` picks with whatever came)."""
+        return len(head) >= self.sniff_bytes
+
     def _choose(self) -> None:
         head, self.head = self.head, b""
         self.inner = self._pick(head)
@@ -271,7 +320,7 @@ class _SniffingValidator:
     def feed(self, data: bytes) -> None:
         if self.inner is None:
             self.head += data
-            if len(self.head) < self.sniff_bytes:
+            if not self._ready(self.head):
                 return
             self._choose()
             return
@@ -279,7 +328,7 @@ class _SniffingValidator:
 
     def header_info(self):
         if self.inner is None:
-            if len(self.head) < self.sniff_bytes:
+            if not self._ready(self.head):
                 return None
             self._choose()
         return self.inner.header_info()
@@ -291,10 +340,18 @@ class _SniffingValidator:
 
 
 class CompressUploadValidator(_SniffingValidator):
-    """POST /compress: a DICOM upload (zip, tar, .dcm) or a volume (.nii, .nii.gz, .npy), told
-    apart by the first SNIFF_BYTES bytes; the chosen validator then sees every byte."""
+    """POST /compress: a DICOM upload (zip, tar, tar.gz, .dcm) or a volume (.nii, .nii.gz, .npy),
+    told apart by the first SNIFF_BYTES bytes (a gzip: by what its first bytes inflate to, up to
+    GZIP_SNIFF_MAX_BYTES); the chosen validator then sees every byte."""
 
     sniff_bytes = SNIFF_BYTES
+
+    def _ready(self, head: bytes) -> bool:
+        if len(head) < self.sniff_bytes:
+            return False
+        if head[:2] != GZIP_MAGIC or len(head) >= GZIP_SNIFF_MAX_BYTES:
+            return True
+        return gzip_holds_tar(head) is not None
 
     def _pick(self, head: bytes):
         from service.validate import VolumeUploadValidator

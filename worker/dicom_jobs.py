@@ -1,4 +1,4 @@
-"""DICOM jobs: a series upload (zip, tar or .dcm) to one archive, and an archive to a zip of files.
+"""DICOM jobs: a series upload (zip, tar, tar.gz or .dcm) to one archive, and an archive to a zip of files.
 
 Nothing unverified succeeds, as for volumes:
 
@@ -38,6 +38,14 @@ def series_summary(info: dict[str, Any]) -> list[dict[str, Any]]:
          "volumes": [list(v["shape"]) for v in s["volumes"]]}
         for s in info["series"]
     ]
+
+
+def verbatim_reasons(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Why files were stored verbatim, most frequent first: `[{"reason", "files"}]`. The reasons
+    are the codec's own wording (transfer syntax names, missing attribute names, counts), never
+    a header value."""
+    counts = sorted(info["verbatim_reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
+    return [{"reason": reason, "files": n} for reason, n in counts]
 
 
 def _names(names) -> str:
@@ -149,6 +157,7 @@ def _store(rt: Runtime, record: dict[str, Any], path: Path, info: dict[str, Any]
         "files": info["files"],
         "instances_coded": info["instances_coded"],
         "files_verbatim": info["files_verbatim"],
+        "verbatim_reasons": verbatim_reasons(info),
         "series": series_summary(info),
         "codec_seconds": round(codec_seconds, 6),
         "verify_seconds": round(verify_seconds + read_back_seconds, 6),

@@ -162,8 +162,8 @@ def _head_check(kind: str, settings) -> Callable[[bytes], None]:
             early.feed(head)
             early.finish()
             raise Problem(
-                415, "the upload is not a NIfTI (.nii, .nii.gz) or NumPy (.npy) file, nor DICOM (a .dcm file, or a zip "
-                "or tar of a series)", slug="unsupported-input"
+                415, "the upload is not a NIfTI (.nii, .nii.gz) or NumPy (.npy) file, nor DICOM (a .dcm file, or a zip, "
+                "tar or tar.gz of a series)", slug="unsupported-input"
             )
         if kind == "decompress" and head[:8] != NVC_MAGIC[: len(head[:8])]:
             raise Problem(415, "the upload is not an .nvc file (bad magic)", slug="unsupported-input")
@@ -186,7 +186,7 @@ async def _roll_back(services: Services, job_id: str, active: ActiveJobs, claim:
     "/compress",
     status_code=202,
     response_model=Job,
-    summary="Compress a volume (.nii, .nii.gz or .npy) or a DICOM series (zip, tar, .dcm parts) to .nvc",
+    summary="Compress a volume (.nii, .nii.gz or .npy) or a DICOM series (zip, tar, tar.gz, .dcm parts) to .nvc",
     responses={202: {"headers": SUBMIT_HEADERS}, **_problem_responses(*SUBMIT_PROBLEMS)},
     openapi_extra=_upload_body({"profile": {"type": "string"}, "filename": {"type": "string"}}),
 )
@@ -204,8 +204,8 @@ async def compress(
     callback_url: CallbackQuery = None,
 ) -> Job:
     """Upload a volume as multipart field `file` or as the raw body (or, with `upload_id`, submit a
-    finished direct upload, POST /uploads); answers 202 with the job. A DICOM series is a zip or tar
-    of its files (raw body or field `file`), one .dcm, or several `file` parts."""
+    finished direct upload, POST /uploads); answers 202 with the job. A DICOM series is a zip, a tar
+    or a tar.gz (.tgz) of its files (raw body or field `file`), one .dcm, or several `file` parts."""
     params = {"profile": profile, "filename": filename}
     callback = await job_callback(services, owner, callback_url)
     if upload_id is not None:

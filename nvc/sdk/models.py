@@ -75,6 +75,8 @@ class Job(BaseModel):
     files: int | None = None
     instances_coded: int | None = None
     files_verbatim: int | None = None
+    #: DICOM jobs: why files were stored verbatim, ``[{"reason": ..., "files": n}]``.
+    verbatim_reasons: list[dict[str, Any]] | None = None
     series: list[dict[str, Any]] | None = None
     transfer_syntax: str | None = None
     result_deleted: bool = False

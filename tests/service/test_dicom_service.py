@@ -87,6 +87,92 @@ def test_zip_raw_body_and_multipart_parts_are_accepted(client, service_settings,
     assert answer.status_code == 202 and answer.json()["files"] == 3, answer.text
 
 
+def tar_of(files: dict[str, bytes], mode: str = "w:gz", gzip_name: str | None = None) -> bytes:
+    """A tar (`mode` "w", "w:gz" ...) of `files`; with `gzip_name` the gzip header carries that
+    file name (as gzip(1) writes it), which a tar.gz sniffer has to read past."""
+    buf = io.BytesIO()
+    if gzip_name is not None:
+        import gzip
+
+        inner = io.BytesIO()
+        with tarfile.open(fileobj=inner, mode="w") as tf:
+            for name, content in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                tf.addfile(info, io.BytesIO(content))
+        with gzip.GzipFile(filename=gzip_name, mode="wb", fileobj=buf, mtime=0) as gz:
+            gz.write(inner.getvalue())
+        return buf.getvalue()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+def test_tar_gz_raw_body_and_multipart_are_accepted(client, service_settings, study):
+    """A .tar.gz / .tgz of a series is a DICOM upload like a zip or a tar (not a .nii.gz), as the
+    raw body or as multipart field `file`, even when its gzip header carries a long file name."""
+    files = tree(study)
+    body = tar_of(files)
+    answer = client.post("/compress?filename=study.tar.gz", content=body,
+                         headers={"content-type": "application/octet-stream"})
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    assert job["input_format"] == "dicom" and job["files"] == len(files) and job["output_name"] == "study.nvc"
+    assert _stored_input(service_settings, job["id"]) == body
+    named = tar_of(files, gzip_name="x" * 3000 + ".tar")  # the data starts 3 kB into the gzip stream
+    answer = client.post("/compress", files={"file": ("study.tgz", named)})
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["files"] == len(files) and answer.json()["output_name"] == "study.nvc"
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (tar_of({"notes.txt": b"hello", "b.bin": bytes(300)}), 415, "not DICOM"),
+    (tar_of({"../escape.dcm": b"x" * 200}), 422, "'..'"),
+    (tar_of({"a.dcm": np.random.default_rng(1).bytes(4000)})[:1000], 422, "tar"),  # truncated
+], ids=["not-dicom", "escaping-name", "truncated"])
+def test_bad_tar_gz_uploads_are_refused_before_a_job_exists(client, service_settings, body, status, words):
+    import redis
+
+    answer = client.post("/compress", content=body, headers={"content-type": "application/octet-stream"})
+    assert answer.status_code == status, answer.text
+    assert words in answer.json()["detail"]
+    r = redis.Redis.from_url(service_settings.redis_url)
+    assert r.keys(service_settings.key_prefix + "job:*") == []
+
+
+def test_tar_gz_declaring_more_than_the_limit_is_refused():
+    """A tar.gz bomb: what its members declare is checked against the limit before they are inflated."""
+    from service.problems import Problem
+    from service.validate_dicom import CompressUploadValidator
+
+    body = tar_of({"a.dcm": bytes(6000), "b.dcm": bytes(6000)})
+    validator = CompressUploadValidator(10_000)
+    validator.feed(body)
+    with pytest.raises(Problem) as refused:
+        validator.finish()
+    assert refused.value.status == 422 and "more than the limit" in refused.value.detail
+
+
+def test_nii_gz_is_still_a_volume():
+    """Telling .tar.gz from .nii.gz does not change what a .nii.gz upload is."""
+    import gzip
+
+    from service.validate_dicom import CompressUploadValidator, gzip_holds_tar
+
+    nii = real_crop("ct_head_phantom_thick_5mm.nii.gz", (8, 8, 2))
+    import nibabel as nib
+
+    raw = nib.Nifti1Image(nii, np.eye(4)).to_bytes()
+    body = gzip.compress(raw, mtime=0)
+    assert gzip_holds_tar(body[:300]) is False
+    validator = CompressUploadValidator(10**8)
+    validator.feed(body)
+    assert validator.finish().format == "nii.gz"
+
+
 @pytest.mark.parametrize("body, status, words", [
     (zip_of({"notes.txt": b"hello", "b.bin": bytes(300)}), 415, "not DICOM"),
     (zip_of({"../escape.dcm": b"x" * 200}), 422, "'..'"),
