@@ -304,3 +304,37 @@ def write_bitmask(
         with open(path, "ab") as f:
             f.write(trailing)
     return path
+
+
+def pydicom_corpus(max_bytes: int | None = None) -> dict[str, bytes]:
+    """The DICOM test corpus: every regular file pydicom ships with its tests and, when the
+    pydicom-data package is installed, every file of that too (real headers, odd encodings,
+    compressed syntaxes, 1-bit segmentations, broken files, and a few non-DICOM files among
+    them), named relative to the folder they share; `max_bytes` leaves out larger files."""
+    import os
+
+    from pydicom.data import get_testdata_files
+
+    paths = sorted(p for p in get_testdata_files() if os.path.isfile(p)
+                   and (max_bytes is None or os.path.getsize(p) <= max_bytes))
+    base = os.path.commonpath(paths)
+    return {os.path.relpath(p, base).replace(os.sep, "/"): Path(p).read_bytes() for p in paths}
+
+
+#: Why a file may be stored verbatim although it is DICOM: none of these is native pixel data a
+#: coder could have taken (anything else - "BitsAllocated ...", "pixel data does not re-serialise
+#: exactly" - would be a gap).
+NOT_CODABLE = (
+    "not an image", "compressed transfer syntax", "not a DICOM file", "deflated transfer syntax",
+    "truncated pixel data", "pixel data not mappable", "Pixel Data holds", "not readable as DICOM",
+)
+#: Corpus files that are broken or not images in a way no coder could map (the reason each
+#: must be stored with); anything else native in the corpus must be coded.
+CORPUS_VERBATIM_REASONS = {
+    "MR_truncated.dcm": "truncated pixel data",
+    "badVR.dcm": "pixel data not mappable: NumberOfFrames is not an integer",
+    "meta_missing_tsyntax.dcm": "pixel data not mappable: no Columns",
+    "nested_priv_SQ.dcm": "pixel data not mappable: no Columns",
+}
+#: BitsAllocated 1 segmentations in the corpus (pydicom's own two; pydicom-data's two).
+CORPUS_ONE_BIT = ("liver_1frame.dcm", "liver_expb_1frame.dcm", "liver.dcm", "liver_expb.dcm")
