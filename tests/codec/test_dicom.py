@@ -191,8 +191,8 @@ def test_pydicom_corpus_round_trips(tmp_path):
     """The whole corpus - every file pydicom ships and, when installed, every file of
     pydicom-data (244 files, 60 MB, 27 M coded values with pydicom-data) - through the library,
     byte for byte; every native image coded (1-bit segmentations included), the broken files
-    stored verbatim with the reason each deserves. About a minute on an idle 2-core machine
-    (tests/cli and tests/service run the same corpus through the CLI and the service)."""
+    stored verbatim with the reason each deserves. 46 s on the 2-core machine at load average
+    2.5-3 (tests/cli and tests/service run the same corpus through the CLI and the service)."""
     info, data = _check_corpus(_pydicom_files(None), tmp_path)
     base = {f["name"].rsplit("/", 1)[-1]: f for f in dicom.open_archive(data).files}
     for name in CORPUS_ONE_BIT:
