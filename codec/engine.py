@@ -188,7 +188,37 @@ def fit_steps(profile_name: str, voxels: int) -> int:
     return 0 if voxels < 4096 else max(0, steps)
 
 
-def _choose_predictor(
+@dataclass
+class FitOutcome:
+    """What per-volume fitting found: both candidates, their estimated cost, where time went."""
+
+    base: Predictor
+    tuned: Predictor | None
+    bits_base: float  # estimated bits for the whole volume (held-out sample, scaled)
+    bits_tuned: float  # the same with the tuned network, its stored weights included (inf: no fit)
+    seconds: dict[str, float]
+
+    @property
+    def chosen(self) -> Predictor:
+        return self.tuned if self.tuned is not None and self.bits_tuned < self.bits_base else self.base
+
+
+def fit_device(device=None):
+    """Where per-volume fitting runs: `device` if given, else NVC_DEVICE (cpu or cuda), else
+    CUDA when torch sees a GPU, else the CPU. Only the quantised integer weights leave the
+    fit, so a file fitted on a GPU decodes everywhere (the weights may differ from a CPU fit:
+    float training is not identical across devices; the file is still exact)."""
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    want = os.environ.get("NVC_DEVICE", "").strip().lower()
+    if want:
+        return torch.device(want)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fit_predictor(
     volume: np.ndarray,
     vmin: int,
     vmax: int,
@@ -196,19 +226,24 @@ def _choose_predictor(
     progress: Progress,
     slabs: list[tuple[int, int]],
     shipped: registry.ShippedModel,
-) -> Predictor:
-    """The shipped model, or a copy fine-tuned on this volume when that pays for its weights."""
+    device=None,
+) -> FitOutcome:
+    """Fine-tune the shipped model on a sample of this volume and estimate both on held-out voxels."""
+    import time
+
     profile = get_profile(profile_name)
     tables = registry.load_tables(shipped.tables_file)
     spec = shipped.spec
     base = Predictor(shipped.net, tables, shipped.model_id, False, spec=spec)
     steps = fit_steps(profile_name, volume.size)
     if steps <= 0:
-        return base
+        return FitOutcome(base, None, 0.0, float("inf"), {})
     import torch  # fitting is the only part of encoding that needs torch
 
     from codec.fit import fit, quantize, sample_volume
 
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
     rng = np.random.default_rng(12345)
     n_held = min(65536, volume.size // 4)
     n_fit = int(min(profile.fit_samples, volume.size - n_held))
@@ -217,15 +252,38 @@ def _choose_predictor(
         progress(0.02)
     samples = drawn.subset(slice(0, n_fit))
     held = drawn.subset(slice(n_fit, None))
+    seconds["sample"] = time.perf_counter() - t
     model = shipped.float_model()
     torch.manual_seed(0)
-    with torch_threads(None):  # torch may have been imported just now: set its threads (1 by default)
+    with torch_threads(profile.fit_threads):  # fixed, not NVC_THREADS: the weights depend on it
+        t = time.perf_counter()
         fit(model, samples, steps, batch=profile.fit_batch, lr=profile.fit_lr, spec=spec, loss=profile.loss,
-            progress=(lambda f: progress(0.4 * f)) if progress else None)
+            progress=(lambda f: progress(0.4 * f)) if progress else None, device=fit_device(device),
+            order=profile.fit_order, warmup=profile.fit_warmup, layer_lr=profile.fit_layer_lr)
+        seconds["fit"] = time.perf_counter() - t
+        t = time.perf_counter()
         tuned = Predictor(quantize(model, samples.inputs[:65536].numpy()), tables, shipped.model_id, True, spec=spec)
+        seconds["quantize"] = time.perf_counter() - t
+    t = time.perf_counter()
     bits_base = estimate_bits(base, held) * volume.size / len(held)
     bits_tuned = estimate_bits(tuned, held) * volume.size / len(held) + 8 * len(tuned.blob())
-    return tuned if bits_tuned < bits_base else base
+    seconds["estimate"] = time.perf_counter() - t
+    return FitOutcome(base, tuned, bits_base, bits_tuned, seconds)
+
+
+def _choose_predictor(
+    volume: np.ndarray,
+    vmin: int,
+    vmax: int,
+    profile_name: str,
+    progress: Progress,
+    slabs: list[tuple[int, int]],
+    shipped: registry.ShippedModel,
+    device=None,
+) -> Predictor:
+    """The shipped model, or a copy fine-tuned on this volume when that pays for its weights
+    (fitted on `device`, default `fit_device()`)."""
+    return fit_predictor(volume, vmin, vmax, profile_name, progress, slabs, shipped, device).chosen
 
 
 def estimate_bits(pred: Predictor, samples: "Samples") -> float:
@@ -291,7 +349,7 @@ def _encode_volume(
     prof = get_profile(profile)
     spec = shipped.spec
     slabs = list(slabs) if slabs is not None else plan_slabs(volume.shape[0], prof.slab_depth)
-    pred = _choose_predictor(volume, vmin, vmax, profile, progress, slabs, shipped)
+    pred = _choose_predictor(volume, vmin, vmax, profile, progress, slabs, shipped, device)
     device = device if device is not None else default_device()
     use_native = _use_native(native, device)
     if progress:

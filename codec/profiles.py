@@ -20,6 +20,10 @@ class Profile:
     fit_batch: int = 1024
     fit_lr: float = 3e-3
     fit_samples: int = 262_144  # voxels sampled from the volume for fitting
+    fit_order: str = "epochs"  # codec.fit.fit `order`: shuffled passes ("epochs") or random draws
+    fit_warmup: int = 0  # steps of linear learning-rate warm-up (codec.fit.fit)
+    fit_layer_lr: tuple[float, ...] = ()  # learning-rate multipliers per layer (codec.fit.fit)
+    fit_threads: int = 1  # torch threads while fitting: fixed, because the fitted weights depend on it
     context: str = "local"  # codec.context.context_spec name
     loss: str = "bits"  # "bits": the code length; "paper": MAE + lambda (1 - |PCC|) for the mean
     base_model: str | None = None  # start from another profile's shipped model (default: its own)
@@ -30,11 +34,15 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # CPU default: the speed target is 2 MB/s of raw voxels on 2 cores.
-    "default": Profile("default", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=40.0, fit_min_steps=80,
-                       fit_max_steps=1500, fit_samples=131_072),
-    # More fitting for more ratio (named for GPU workers; the fitting itself still runs in torch
-    # on the CPU, codec/fit.py does not move it to a GPU yet).
+    # CPU default: fitting must stay a small part of an encode that has to keep up with tomoz
+    # (issue 9): 10 steps per million voxels of batch 2048 (120..250) on a 65k-voxel sample,
+    # a short warm-up to a high learning rate (half of it on the first layer), one torch
+    # thread (decision 0112).
+    "default": Profile("default", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=10.0, fit_min_steps=120,
+                       fit_max_steps=250, fit_batch=2048, fit_lr=1.4e-2, fit_samples=65_536, fit_warmup=20,
+                       fit_layer_lr=(0.5,)),
+    # More fitting for more ratio: the fit runs on the GPU when one is present
+    # (engine.fit_device), else on the CPU (minutes for a large volume).
     "gpu": Profile("gpu", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=1000.0, fit_min_steps=2000, fit_max_steps=20000, fit_batch=4096,
                    base_model="default"),
     # The seed paper's configuration (causal 11x11x11 cube, FC 1024-512-256-128, MAE + PCC loss),
