@@ -42,7 +42,7 @@ class Job(BaseModel):
     kind: JobKind
     state: JobState = Field(description="queued -> running -> succeeded | failed; queued/running -> cancelled.")
     progress: float = Field(ge=0, le=1, description="Fraction done, 0..1 (1 once succeeded).")
-    profile: str | None = Field(default=None, description="Codec profile (compress jobs).")
+    profile: str | None = Field(default=None, description="Codec profile of compress jobs (`gpu`, the old name of `archive`, is recorded as `archive`).")
     output_format: str | None = Field(default=None, description="Result format: nvc, nii.gz, nii, npy or zip.")
     input_name: str | None = Field(default=None, description="File name of the upload, when known.")
     input_format: str | None = Field(default=None, description="Detected upload format: nii.gz, nii, npy, nvc, "

@@ -41,10 +41,12 @@ PROFILES: dict[str, Profile] = {
     "default": Profile("default", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=10.0, fit_min_steps=120,
                        fit_max_steps=250, fit_batch=2048, fit_lr=1.4e-2, fit_samples=65_536, fit_warmup=20,
                        fit_layer_lr=(0.5,)),
-    # More fitting for more ratio: the fit runs on the GPU when one is present
-    # (engine.fit_device), else on the CPU (minutes for a large volume).
-    "gpu": Profile("gpu", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=1000.0, fit_min_steps=2000, fit_max_steps=20000, fit_batch=4096,
-                   base_model="default"),
+    # Maximum ratio for archives written once and read often (issue 11): heavy fitting, on the
+    # GPU when one is present (engine.fit_device), else on the CPU (minutes for a large volume).
+    # The same network as default, so it decodes as fast; the files store default's model id.
+    # Called `gpu` before decision 0114, a name still accepted (ALIASES).
+    "archive": Profile("archive", widths=(48, 48), slab_depth=32, fit_steps_per_mvoxel=1000.0, fit_min_steps=2000,
+                       fit_max_steps=20000, fit_batch=4096, base_model="default"),
     # The seed paper's configuration (causal 11x11x11 cube, FC 1024-512-256-128, MAE + PCC loss),
     # kept so its claims can be checked on our data: about 1.4 M multiply-adds per voxel.
     "paper": Profile("paper", widths=(1024, 512, 256, 128), slab_depth=32, fit_steps_per_mvoxel=0.0,
@@ -52,10 +54,22 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+#: Deprecated profile names, still accepted wherever a profile is named (old job records, clients
+#: and scripts say `gpu`). The name of a profile is not stored in .nvc files (they name the
+#: shipped model, `default-...` for both), so files need no alias: this is for callers only.
+ALIASES: dict[str, str] = {"gpu": "archive"}
+
+
+def canonical_name(name: str) -> str:
+    """The profile a (possibly deprecated) name stands for; unknown names are returned as given."""
+    return ALIASES.get(name, name)
+
+
 def get_profile(name: str) -> Profile:
+    """The profile called `name` (a deprecated alias gives the profile it stands for)."""
     from codec.errors import UnsupportedInputError
 
     try:
-        return PROFILES[name]
+        return PROFILES[canonical_name(name)]
     except KeyError:
         raise UnsupportedInputError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None

@@ -97,10 +97,10 @@ def load_model(model_id: str) -> ShippedModel:
 
 
 def current_model(profile: str) -> ShippedModel:
-    from codec.profiles import PROFILES
+    from codec.profiles import PROFILES, canonical_name
 
-    if profile in PROFILES:
-        profile = PROFILES[profile].model_profile
+    if canonical_name(profile) in PROFILES:
+        profile = PROFILES[canonical_name(profile)].model_profile
     ids = manifest().get("profiles", {})
     if profile not in ids:
         raise FormatError(f"no shipped model for profile {profile!r}: run `nvc train`")

@@ -25,7 +25,7 @@ import anyio
 
 from codec.errors import UnsupportedInputError
 from codec.naming import FORMATS, archive_name, compressed_name, decompressed_name
-from codec.profiles import get_profile
+from codec.profiles import canonical_name, get_profile
 from service.errors import queue_failed_message
 from service.jobs import ACTIVE_STATES, AsyncJobStore, new_record
 from service.problems import Problem
@@ -110,7 +110,8 @@ def job_parameters(kind: str, params: dict[str, str | None], upload_format: str 
             get_profile(profile)  # the codec's one resolver (pure data: no torch)
         except UnsupportedInputError as exc:
             raise Problem(422, str(exc), slug="invalid-request") from None
-        return JobParameters(output_format="nvc", profile=profile)
+        # a deprecated name (`gpu`) is recorded as the profile it stands for (`archive`)
+        return JobParameters(output_format="nvc", profile=canonical_name(profile))
     output_format = params.get("format") or "nii.gz"
     if output_format not in OUTPUT_FORMATS:
         raise Problem(

@@ -196,7 +196,7 @@ async def compress(
     services: Svc,
     owner: Owner,
     idempotency_key: IdempotencyKey = None,
-    profile: Annotated[str | None, Query(description="Codec profile (default: `default`).", max_length=64)] = None,
+    profile: Annotated[str | None, Query(description="Codec profile: `default`, `archive` (heavy fitting for maximum ratio; `gpu` is its deprecated name) or `paper` (default: `default`).", max_length=64)] = None,
     filename: Annotated[
         str | None, Query(description="Name of the uploaded file, for a raw-body upload.", max_length=255)
     ] = None,

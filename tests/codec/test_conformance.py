@@ -83,7 +83,8 @@ def test_frozen_file_decodes_to_its_input(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.slow) if VECTORS[n]["profile"] == "gpu" else n for n in sorted(VECTORS)],
+    [pytest.param(n, marks=pytest.mark.slow) if VECTORS[n]["profile"] in ("archive", "gpu") else n
+     for n in sorted(VECTORS)],
 )
 def test_encoder_did_not_drift(name: str) -> None:
     """Re-encoding the recorded input with today's code gives the frozen bytes exactly.

@@ -108,3 +108,16 @@ def test_fit_on_cuda_writes_a_file_that_decodes_on_the_cpu(monkeypatch) -> None:
     monkeypatch.setenv("NVC_DEVICE", "cpu")
     out = engine.decode_slabs(enc.model_blob, enc.payloads, shapes, vmin=int(vol.min()), vmax=int(vol.max()))
     assert np.array_equal(np.concatenate(out), vol)
+
+
+def test_gpu_is_a_deprecated_name_of_archive() -> None:
+    """`gpu` (old job records, clients, scripts) resolves to `archive` wherever a profile is
+    named; it is not listed as a profile of its own. Files name the shipped model, not the
+    profile, so old `gpu` files need nothing (they decode: the *_before_0113 vector)."""
+    from codec.profiles import ALIASES, PROFILES, get_profile
+
+    assert ALIASES == {"gpu": "archive"} and "gpu" not in PROFILES and "gpu" not in engine.PROFILES
+    assert get_profile("gpu") is get_profile("archive") is PROFILES["archive"]
+    assert registry.current_model("gpu").model_id == registry.current_model("archive").model_id \
+        == registry.current_model("default").model_id
+    assert engine.fit_steps("gpu", 10**6) == engine.fit_steps("archive", 10**6) > engine.fit_steps("default", 10**6)

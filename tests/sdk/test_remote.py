@@ -87,8 +87,8 @@ def test_walks_directories_keeps_the_layout_and_skips_what_is_done(server, tmp_p
     code, summary, err = run_cli(args, capsys)
     assert code == 0 and summary["ok"] == 2 and summary["skipped"] == 1 and len(server.jobs) == 5
     assert (out / "a.nii.gz.nvc").read_bytes() == transform(b"a" * 70_000)
-    code, summary, _ = run_cli(args + ["--profile", "gpu"], capsys)
-    assert summary["ok"] == 3 and {j["profile"] for j in list(server.jobs.values())[-3:]} == {"gpu"}
+    code, summary, _ = run_cli(args + ["--profile", "archive"], capsys)
+    assert summary["ok"] == 3 and {j["profile"] for j in list(server.jobs.values())[-3:]} == {"archive"}
 
 
 def test_failures_are_named_with_their_reason_and_the_exit_status_is_1(server, tmp_path, capsys):

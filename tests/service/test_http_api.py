@@ -128,17 +128,20 @@ def test_compress_raw_nii_is_sniffed(client, small_volume):
     assert answer.json()["input_format"] == "nii" and answer.json()["output_name"] == "volume.nii.nvc"
 
 
-def test_form_fields_after_the_file_are_read(client, small_volume):
+@pytest.mark.parametrize("given, recorded", [("archive", "archive"), ("gpu", "archive")])
+def test_form_fields_after_the_file_are_read(client, small_volume, given, recorded):
+    """A profile field after the file is read; `gpu`, the old name of `archive`, is accepted
+    (old clients) and recorded as `archive`."""
     boundary = "XyZ"
     body = (
         f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.npy\"\r\n"
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode() + npy_bytes(small_volume) + (
-        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"profile\"\r\n\r\ngpu\r\n--{boundary}--\r\n"
+        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"profile\"\r\n\r\n{given}\r\n--{boundary}--\r\n"
     ).encode()
     answer = client.post("/compress", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
     assert answer.status_code == 202, answer.text
-    assert answer.json()["profile"] == "gpu"
+    assert answer.json()["profile"] == recorded
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,7 @@ VECTORS: tuple[tuple[str, str, str, tuple[float, ...] | None], ...] = (
     ("default_constant", "constant", "default", None),
     ("default_odd_4d", "odd_4d", "default", (1.0, 1.0, 1.0, 2.5)),
     ("default_u16_fitted", "u16_fitted", "default", None),
-    ("gpu_u16_fitted", "u16_fitted", "gpu", None),
+    ("archive_u16_fitted", "u16_fitted", "archive", None),
     ("paper_u8_tiny", "u8_tiny", "paper", None),
 )
 
