@@ -39,6 +39,10 @@ VARIANTS = {
     "old_epochs": {**OLD, "fit_order": "epochs"},
     "old_epochs_t2": {**OLD, "fit_order": "epochs", "fit_threads": 2},
     "lr1e-3": {**OLD, "fit_lr": 1e-3},
+    # the archive profile's fitting fields on the default profile (the same network and model)
+    "archive": {k: getattr(profiles.PROFILES["archive"], k) for k in (
+        "fit_steps_per_mvoxel", "fit_min_steps", "fit_max_steps", "fit_batch", "fit_lr", "fit_samples", "fit_order",
+        "fit_warmup", "fit_layer_lr", "fit_threads")},
     "e": {**OLD, "fit_order": "epochs"},
     "w": {**OLD, "fit_order": "epochs", "fit_batch": 4096, "fit_warmup": 10, "fit_lr": 2e-2, "fit_steps_per_mvoxel": 5.0,
           "fit_min_steps": 30, "fit_max_steps": 300},
