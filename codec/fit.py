@@ -183,11 +183,13 @@ def sample_volume(
     """Features of `n` voxels drawn uniformly from the volume, as coded with these slabs
     (default: fixed slabs of slab_depth).
 
-    `laid_out` is the volume already in its padded slab buffer (saves a copy of the volume).
+    `laid_out` is the volume already in its padded slab buffer (saves a copy of the volume);
+    without it one slab at a time is laid out (slabs are coded independently, so a slab's
+    padded buffer alone gives its voxels' features): the encoder's memory then grows by one
+    slab, not by a second copy of the volume.
     """
     Z, Y, X = volume.shape
     slabs = list(slabs) if slabs is not None else slab_bounds(Z, slab_depth)
-    geometry, buffer = laid_out or load_into_buffer(volume, slabs, vmin, spec)
     n = min(n, volume.size)
     flat = rng.choice(volume.size, size=n, replace=False) if n < volume.size else np.arange(volume.size)
     z, rem = np.divmod(flat, Y * X)
@@ -195,13 +197,26 @@ def sample_volume(
     starts = np.asarray([a for a, _ in slabs], dtype=np.int64)
     slab = np.searchsorted(starts, z, side="right") - 1
     zl = z - starts[slab]
-    index = geometry.bases[slab] + geometry.voxel_index(0, zl, y, x) - geometry.bases[0]
-    feats = spec.features(gather_neighbours(buffer, index, geometry.offsets), zl == 0, vmin, vmax)
-    del buffer
-    aux = np.stack(
-        [feats.ref, feats.divisor, feats.bucket, volume.reshape(-1)[flat], np.full(n, vmin), np.full(n, vmax)], axis=1
-    )
-    return Samples(torch.from_numpy(feats.inputs), torch.as_tensor(aux, dtype=torch.float32))
+    if laid_out is not None:
+        geometry, buffer = laid_out
+        index = geometry.bases[slab] + geometry.voxel_index(0, zl, y, x) - geometry.bases[0]
+        feats = spec.features(gather_neighbours(buffer, index, geometry.offsets), zl == 0, vmin, vmax)
+        inputs, ref, divisor, bucket = feats.inputs, feats.ref, feats.divisor, feats.bucket
+    else:
+        inputs = np.empty((n, spec.n_inputs), dtype=np.float32)
+        ref, divisor = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        bucket = np.empty(n, dtype=np.int32)
+        for s, (a, b) in enumerate(slabs):
+            sel = np.flatnonzero(slab == s)
+            if not len(sel):
+                continue
+            geometry, buffer = load_into_buffer(volume[a:b], [(0, b - a)], vmin, spec)
+            index = geometry.voxel_index(0, zl[sel], y[sel], x[sel])
+            feats = spec.features(gather_neighbours(buffer, index, geometry.offsets), zl[sel] == 0, vmin, vmax)
+            del buffer
+            inputs[sel], ref[sel], divisor[sel], bucket[sel] = feats.inputs, feats.ref, feats.divisor, feats.bucket
+    aux = np.stack([ref, divisor, bucket, volume.reshape(-1)[flat], np.full(n, vmin), np.full(n, vmax)], axis=1)
+    return Samples(torch.from_numpy(np.ascontiguousarray(inputs)), torch.as_tensor(aux, dtype=torch.float32))
 
 
 def _round_st(v: torch.Tensor) -> torch.Tensor:

@@ -121,3 +121,17 @@ def test_gpu_is_a_deprecated_name_of_archive() -> None:
     assert registry.current_model("gpu").model_id == registry.current_model("archive").model_id \
         == registry.current_model("default").model_id
     assert engine.fit_steps("gpu", 10**6) == engine.fit_steps("archive", 10**6) > engine.fit_steps("default", 10**6)
+
+
+def test_samples_laid_out_slab_by_slab_equal_the_whole_volume_buffer() -> None:
+    """sample_volume lays out one slab at a time (memory: one slab, not a second volume); the
+    features are those of the whole padded buffer the coder uses, voxel for voxel."""
+    from codec.context import load_into_buffer, plan_slabs
+
+    vol = np.random.default_rng(0).integers(-1000, 3000, (40, 21, 19)).astype(np.int32)
+    slabs = plan_slabs(40, 32)
+    assert len(slabs) == 2
+    one = sample_volume(vol, -1000, 3000, 32, 5000, np.random.default_rng(1), None, slabs=slabs)
+    whole = sample_volume(vol, -1000, 3000, 32, 5000, np.random.default_rng(1),
+                              load_into_buffer(vol, slabs, -1000), slabs=slabs)
+    assert torch.equal(one.inputs, whole.inputs) and torch.equal(one.aux, whole.aux)
