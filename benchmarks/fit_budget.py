@@ -10,7 +10,8 @@ in one process, so their timings share the machine's load.
 `--fit-only` times only per-volume fitting (`engine.fit_predictor`: sampling, fitting,
 quantisation, held-out estimates) and prints the estimated bits/voxel of the predictor the
 encoder would choose (held-out sample, stored weights included) instead of a file's size:
-seconds per variant instead of minutes. Used for docs/decisions/0111-native-core.md and 0112.
+seconds per variant instead of minutes; `--eval-samples N` estimates on N other voxels instead
+(steadier). Used for docs/decisions/0111-native-core.md, 0113 and 0114.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from codec import engine, profiles, registry
 from codec.context import plan_slabs
 from codec.train import load_engine_volume
 
-#: the default profile as it was before decision 0112 (random batches of 1024, per-sample Adam loop)
+#: the default profile's schedule before decision 0113 (random batches of 1024, lr 3e-3, 40 steps per Mvoxel),
+#: run by today's step code (fused Adam, closed-form loss); the code itself is that of commit d79100b
 OLD = dict(fit_steps_per_mvoxel=40.0, fit_min_steps=80, fit_max_steps=1500, fit_batch=1024, fit_lr=3e-3, fit_samples=131_072,
            fit_order="random", fit_warmup=0, fit_layer_lr=(), fit_threads=1)
 
@@ -114,7 +116,8 @@ def main() -> None:
                         out = engine.fit_predictor(vol, vmin, vmax, "default", None,
                                                    plan_slabs(vol.shape[0], base.slab_depth), shipped)
                         dt = time.perf_counter() - t
-                        bits = min(out.bits_base, out.bits_tuned) / vol.size
+                        # no fit (0 steps): no held-out sample was drawn, so no estimate without --eval-samples
+                        bits = min(out.bits_base, out.bits_tuned) / vol.size if out.tuned is not None else float("nan")
                         if evaluation is not None:
                             chosen = out.chosen
                             stored = 8 * len(chosen.blob()) if chosen.embedded else 0
