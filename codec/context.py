@@ -329,4 +329,8 @@ def context_spec(name: str) -> ContextSpec:
         from codec.context_paper import PAPER
 
         return PAPER
+    if name == "pyramid":
+        from codec.context_paper import PAPER_PYRAMID
+
+        return PAPER_PYRAMID
     raise ValueError(f"unknown context {name!r}")

@@ -78,10 +78,10 @@ class DeviceNet:
 
 
 class DeviceContext:
-    """Twins of a ContextSpec's `features` and `coding_params` (local and paper contexts)."""
+    """Twins of a ContextSpec's `features` and `coding_params` (local and the paper's cube and pyramid contexts)."""
 
     def __init__(self, spec: ContextSpec, device: torch.device, vmin: int, vmax: int) -> None:
-        if spec.name not in ("local", "paper"):
+        if spec.name not in ("local", "paper", "pyramid"):  # pyramid: the paper's features, other neighbours
             raise ValueError(f"no device twin for context {spec.name!r}")
         self.spec, self.vmin, self.vmax = spec, vmin, vmax
         self.thresholds = torch.as_tensor(ACTIVITY_THRESHOLDS, dtype=torch.int64, device=device)

@@ -27,7 +27,7 @@ try:  # built by `pip install -e .` (setup.py); absent in a source tree that was
 except ImportError:  # pragma: no cover - exercised only where the extension is missing
     _nvcore = None
 
-_CONTEXTS = {"local": 0, "paper": 1}
+_CONTEXTS = {"local": 0, "paper": 1, "pyramid": 1}  # CTX_PAPER is generic over the neighbour list
 
 
 def available() -> bool:

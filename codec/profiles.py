@@ -55,6 +55,9 @@ PROFILES: dict[str, Profile] = {
     # kept so its claims can be checked on our data: about 1.4 M multiply-adds per voxel.
     "paper": Profile("paper", widths=(1024, 512, 256, 128), slab_depth=32, fit_steps_per_mvoxel=0.0,
                      fit_min_steps=0, fit_max_steps=0, context="paper", loss="paper"),
+    # The paper's other sampling: 13x13, 9x9, 5x5 windows on slices z-1..z-3 plus W, N, NW, NE (279 inputs).
+    "paper-pyramid": Profile("paper-pyramid", widths=(1024, 512, 256, 128), slab_depth=32, fit_steps_per_mvoxel=0.0,
+                             fit_min_steps=0, fit_max_steps=0, context="pyramid", loss="paper"),
 }
 
 

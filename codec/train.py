@@ -46,8 +46,31 @@ def collect_samples(files: list[Path], slab_depth: int, per_volume: int, seed: i
     return Samples.concat(parts)
 
 
+def _loss_curve(model: FloatMLP, samples: Samples, steps: int, every: int, spec: ContextSpec, loss: str, log):
+    """A progress callback for `fit` that logs the training loss on a fixed 16k-voxel subset of
+    the sample every `every` steps (the loss curve shows whether more steps would still pay)."""
+    from codec.fit import code_length_bits, paper_loss
+
+    probe = samples.subset(torch.randperm(len(samples), generator=torch.Generator().manual_seed(1))[:16384])
+    t0 = time.perf_counter()
+    last = [-1]
+
+    def progress(fraction: float) -> None:
+        step = round(fraction * steps)
+        if step // every == last[0] // every and step != steps:
+            return
+        last[0] = step
+        with torch.no_grad():
+            out = model(probe.inputs)
+            value = paper_loss(out, probe, spec) if loss == "paper" else code_length_bits(out, probe, spec).mean()
+            bits = code_length_bits(out, probe, spec).mean()
+        log(f"step {step}: loss {float(value):.5f}, {float(bits):.3f} bits/voxel (float), {time.perf_counter() - t0:.0f}s")
+
+    return progress
+
+
 def train_model(
-    profile_name: str, files: list[Path], *, steps: int, per_volume: int, seed: int, log=print
+    profile_name: str, files: list[Path], *, steps: int, per_volume: int, seed: int, log=print, log_every: int = 0
 ) -> tuple[FloatMLP, Samples]:
     profile = get_profile(profile_name)
     spec = context_spec(profile.context)
@@ -56,7 +79,9 @@ def train_model(
     model = FloatMLP(profile.widths, spec.n_inputs)
     t0 = time.perf_counter()
     wide = max(profile.widths) > 64
-    fit(model, samples, steps, batch=1024 if wide else 8192, lr=1e-3 if wide else 3e-3, seed=seed, spec=spec, loss=profile.loss)
+    progress = _loss_curve(model, samples, steps, log_every, spec, profile.loss, log) if log_every > 0 else None
+    fit(model, samples, steps, batch=1024 if wide else 8192, lr=1e-3 if wide else 3e-3, seed=seed, spec=spec,
+        loss=profile.loss, progress=progress)
     log(f"trained {profile_name} on {len(files)} volumes, {len(samples)} samples, {steps} steps "
         f"in {time.perf_counter() - t0:.1f}s: {mean_bits(model, samples, spec):.3f} bits/voxel (train sample, float)")
     return model, samples
@@ -73,13 +98,15 @@ def ensure_tables(directory: Path) -> tuple[CodingTables, str]:
     return CodingTables.load(path), path.name
 
 
-def train_and_ship(profile_name: str, data_dir: Path, *, steps: int, per_volume: int, seed: int, log=print) -> str:
+def train_and_ship(profile_name: str, data_dir: Path, *, steps: int, per_volume: int, seed: int, log=print,
+                   log_every: int = 0) -> str:
     files = volume_files(data_dir)
     if not files:
         raise SystemExit(f"no .nii/.nii.gz volumes in {data_dir}")
     directory = registry.MODELS_DIR
     tables, tables_file = ensure_tables(directory)
-    model, samples = train_model(profile_name, files, steps=steps, per_volume=per_volume, seed=seed, log=log)
+    model, samples = train_model(profile_name, files, steps=steps, per_volume=per_volume, seed=seed, log=log,
+                                 log_every=log_every)
     calib = samples.inputs[torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:65536]]
     net = quantize(model, calib.numpy())
     meta = {

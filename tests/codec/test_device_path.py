@@ -34,7 +34,8 @@ def no_fitting(monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES, ids=str)
 @pytest.mark.parametrize("profile,shape,lo,hi", [("default", (20, 13, 17), -1024, 3071), ("default", (3, 9, 5), 7, 7),
-                                                 ("default", (2, 6, 40), 0, 65535), ("paper", (4, 7, 9), 0, 900)])
+                                                 ("default", (2, 6, 40), 0, 65535), ("paper", (4, 7, 9), 0, 900),
+                                                 ("paper-pyramid", (5, 7, 9), 0, 900)])
 def test_device_encode_and_decode_give_the_reference_bytes_and_voxels(device, profile, shape, lo, hi) -> None:
     vol = smooth_volume(shape, lo, hi, 1)
     vmin, vmax = int(vol.min()), int(vol.max())

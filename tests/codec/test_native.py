@@ -54,7 +54,7 @@ def decode(enc: engine.EncodedVolume, vol: np.ndarray, **kw) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- network kernels
-@pytest.mark.parametrize("profile", ["default", "paper"])
+@pytest.mark.parametrize("profile", ["default", "paper", "paper-pyramid"])
 def test_every_kernel_gives_the_reference_integers(profile: str) -> None:
     net = registry.current_model(profile).net
     rng = np.random.default_rng(7)

@@ -102,6 +102,7 @@ VECTORS: tuple[tuple[str, str, str, tuple[float, ...] | None], ...] = (
     ("default_u16_fitted", "u16_fitted", "default", None),
     ("archive_u16_fitted", "u16_fitted", "archive", None),
     ("paper_u8_tiny", "u8_tiny", "paper", None),
+    ("paper_pyramid_u8_tiny", "u8_tiny", "paper-pyramid", None),
 )
 
 METADATA = b"nvc conformance vector"
