@@ -183,5 +183,6 @@ def run(*, profile: str, data_dir: Path, steps: int, per_volume: int, seed: int,
             if leave_one_out_json:
                 leave_one_out_json.write_text(json.dumps(rows, indent=2) + "\n")
             return 0
-        train_and_ship(profile, data_dir, steps=steps, per_volume=per_volume, seed=seed)
+        # the loss curve, 20 points, says whether more steps would still pay
+        train_and_ship(profile, data_dir, steps=steps, per_volume=per_volume, seed=seed, log_every=max(1, steps // 20))
     return 0
