@@ -10,7 +10,7 @@ per-voxel distribution (the paper coded the residual with one adaptive histogram
 The paper's second sampling, the pyramid (`PYRAMID`): a 13x13 window centred on the voxel in
 slice z-1, 9x9 in z-2 and 5x5 in z-3, plus "the current voxel's position". We read the latter
 as the voxel's place in its own slice given by its causal in-slice neighbours W, N, NW, NE (the
-values the decoder already has there; docs/decisions/0114-paper-pyramid-context.md says why not
+values the decoder already has there; docs/decisions/0115-paper-pyramid-context.md says why not
 the voxel's coordinates): 169 + 81 + 25 + 4 = 279 inputs, normalised like the cube's.
 """
 
