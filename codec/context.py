@@ -134,9 +134,8 @@ class SlabGeometry:
     @property
     def offsets(self) -> np.ndarray:
         """Flat offsets of the neighbours relative to a voxel."""
-        return np.asarray(
-            [dz * self.slice_stride + dy * self.row_stride + dx for dz, dy, dx in self.neighbours], dtype=np.int64
-        )
+        ss, rs = self.slice_stride, self.row_stride  # once: each derives the padding from all neighbours
+        return np.asarray([dz * ss + dy * rs + dx for dz, dy, dx in self.neighbours], dtype=np.int64)
 
     def voxel_index(self, slab: int, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         pad = self.pad
