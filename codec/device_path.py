@@ -47,7 +47,7 @@ from codec.context import (
     W,
     load_into_buffer,
 )
-from codec.entropy import MANTISSA_BITS, N_CLASSES, N_DIRECT, N_KEYS, N_LEVELS, N_SHAPES, N_TOKENS, decode_step, detokenize
+from codec.entropy import MANTISSA_BITS, N_CLASSES, N_DIRECT, N_KEYS, N_LEVELS, N_SHAPES, N_TOKENS
 from codec.errors import FormatError
 from codec.network import ACT_MAX, LEAKY_SHIFT, OUTPUT_LIMIT, IntMLP
 from codec.schedule import Wavefront
@@ -183,6 +183,8 @@ def decode(net: IntMLP, spec: ContextSpec, tables, payloads, shapes, vmin: int, 
     """Decode slabs with the buffer and every step's arithmetic on the device (module docstring)."""
     import constriction
 
+    from codec.engine import decode_residuals  # engine imports this module lazily: no cycle at import time
+
     geometry = SlabGeometry(tuple(s[0] for s in shapes), shapes[0][1], shapes[0][2], spec.neighbours)
     buf = torch.full((geometry.total_size,), vmin, dtype=torch.int64, device=device)
     offsets = torch.as_tensor(geometry.offsets, device=device)
@@ -194,14 +196,7 @@ def decode(net: IntMLP, spec: ContextSpec, tables, payloads, shapes, vmin: int, 
         idx = torch.as_tensor(step.index, device=device)
         mu, keys = ctx.params(buf[idx[:, None] + offsets[None, :]], torch.as_tensor(step.first_slice, device=device), dnet)
         host_keys = keys.cpu().numpy()  # the one synchronisation per step: the coder runs on the host
-        residual = np.empty(len(host_keys), dtype=np.int64)
-        for s in np.unique(step.slab).tolist():
-            sel = step.slab == s
-            try:
-                tokens, extra = decode_step(decoders[s], tables, host_keys[sel])
-            except Exception as exc:  # constriction reports corrupt data as ValueError/RuntimeError
-                raise FormatError(f"slab {s} payload is corrupt: {exc}") from None
-            residual[sel] = detokenize(tokens, extra)
+        residual = decode_residuals(decoders, tables, host_keys, step.slab)
         values = mu + torch.as_tensor(residual, device=device)
         bad |= ((values < vmin) | (values > vmax)).any()
         buf[idx] = values

@@ -412,8 +412,7 @@ def _unpack_symbols(packed: np.ndarray, slabs, spec: ContextSpec):
     geometry = SlabGeometry(tuple(b - a for a, b in slabs), packed.shape[1], packed.shape[2], spec.neighbours)
     arrays = [np.zeros(geometry.total_size, dtype=np.int32) for _ in range(3)]
     for s, (a, b) in enumerate(slabs):
-        p = packed[a:b].astype(np.int64)
-        for arr, part in zip(arrays, (p & 0x7FF, (p >> 11) & 0x7F, p >> 18)):
+        for arr, part in zip(arrays, native_core.unpack_symbols(packed[a:b])):
             geometry.interior(arr, s)[...] = part
     return (geometry, *arrays)
 
@@ -543,6 +542,21 @@ def _decode_slabs(
     return _reference_decode(pred, payloads, shapes, vmin, vmax, progress)
 
 
+def decode_residuals(decoders, tables, keys: np.ndarray, slab: np.ndarray) -> np.ndarray:
+    """One wavefront step's residuals (int64, the step's voxel order): each slab's voxels read
+    from that slab's own range decoder with their table keys. Shared by the reference and the
+    device decoders (the latter calls it with keys copied from the device)."""
+    residual = np.empty(len(keys), dtype=np.int64)
+    for s in np.unique(slab).tolist():
+        sel = slab == s
+        try:
+            tokens, extra = decode_step(decoders[s], tables, keys[sel])
+        except Exception as exc:  # constriction reports corrupt data as ValueError/RuntimeError
+            raise FormatError(f"slab {s} payload is corrupt: {exc}") from None
+        residual[sel] = detokenize(tokens, extra)
+    return residual
+
+
 def _reference_decode(pred: Predictor, payloads, shapes, vmin: int, vmax: int, progress: Progress) -> list[np.ndarray]:
     """Reference decoder: every slab in one wavefront, one network batch per step, constriction."""
     geometry = SlabGeometry(tuple(s[0] for s in shapes), shapes[0][1], shapes[0][2], pred.spec.neighbours)
@@ -556,14 +570,7 @@ def _reference_decode(pred: Predictor, payloads, shapes, vmin: int, vmax: int, p
         feats = pred.spec.features(gather_neighbours(buffer, idx, offsets), step.first_slice, vmin, vmax)
         out = pred.net.forward(feats.inputs)
         mu, keys = pred.spec.coding_params(out, feats, vmin, vmax)
-        values = np.empty(len(idx), dtype=np.int64)
-        for s in np.unique(step.slab).tolist():
-            sel = step.slab == s
-            try:
-                tokens, extra = decode_step(decoders[s], tables, keys[sel])
-            except Exception as exc:  # constriction reports corrupt data as ValueError/RuntimeError
-                raise FormatError(f"slab {s} payload is corrupt: {exc}") from None
-            values[sel] = mu[sel] + detokenize(tokens, extra)
+        values = mu + decode_residuals(decoders, tables, keys, step.slab)
         if values.min() < vmin or values.max() > vmax:
             raise FormatError("decoded values leave the declared range: corrupt payload")
         buffer[idx] = values

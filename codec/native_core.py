@@ -171,6 +171,6 @@ def emit(spec: ContextSpec, tables, symbols: np.ndarray, slabs: list[tuple[int, 
 
 
 def unpack_symbols(symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(key, token, extra) of packed symbols (tests)."""
+    """(key, token, extra) of packed symbols (tests; the reference emitter behind the device path)."""
     s = symbols.astype(np.int64)
     return s & 0x7FF, (s >> 11) & 0x7F, s >> 18
