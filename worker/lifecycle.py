@@ -25,7 +25,7 @@ from typing import Any
 from service.errors import gave_up_message, time_limit_message
 from service.jobs import ACTIVE_STATES
 from service.storage import job_prefix
-from worker.artifacts import cleanup
+from worker.artifacts import InputMissing, cleanup
 from worker.attempt import Attempt, Heartbeat, JobCancelled, JobSuperseded, takeover_refused
 from worker.failures import describe_failure, is_expected
 from worker.pipeline import BODIES
@@ -149,6 +149,11 @@ def _fail(rt: Runtime, record: dict[str, Any], kind: str, attempt: Attempt, exc:
     done, state = rt.store.transition(job_id, "failed", ["running"], guard={"attempt_id": attempt.id},
                                       finished_at=finished, error=error)
     if not done and state in ("running", "succeeded"):  # another attempt owns the job: its outcome stands
+        if isinstance(exc, InputMissing):
+            # frozen before its private link to the input existed, it woke after the owning
+            # attempt's clean-up: the missing input is the supersession, not a failure of its own
+            return _stale(rt, job_id, attempt, state, "superseded: the attempt that owns the job has cleaned up its "
+                          "input; the job was not touched")
         return _stale(rt, job_id, attempt, state, f"stopped after its own failure ({error}); the job was not touched")
     if done or state == "cancelled":
         cleanup(rt, job_id)
